@@ -1,0 +1,137 @@
+"""Architecture parameterisations: modules that return the operation probabilities P.
+
+Every parameterisation is an `ArchParam`: called with no input it returns `CellProbs`, one
+(|E| x O) matrix per cell type whose rows sum to 1. The supernet, search loop and derivation
+only ever see P, so parameterisations are interchangeable. Pick one by name with `build_arch`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
+
+
+class CellProbs(NamedTuple):
+    normal: torch.Tensor  # (n_edges, n_ops)
+    reduce: torch.Tensor  # (n_edges, n_ops)
+
+    def detach(self) -> CellProbs:
+        return CellProbs(self.normal.detach(), self.reduce.detach())
+
+
+class ArchParam(nn.Module):
+    """Base class: holds the topology, produces P. Subclasses implement `logits()`."""
+
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
+        super().__init__()
+        self.topology = topology
+        self.n_ops = n_ops
+        src, dst = zip(*topology.edges, strict=True)
+        self.register_buffer("edge_src", torch.tensor(src), persistent=False)
+        self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
+
+    def logits(self) -> torch.Tensor:
+        """(2, n_edges, n_ops): row 0 the normal cell, row 1 the reduction cell."""
+        raise NotImplementedError
+
+    def forward(self) -> CellProbs:
+        p = F.softmax(self.logits(), dim=-1)
+        return CellProbs(p[0], p[1])
+
+
+OP_FC_INIT_STD = 1e-3
+
+
+def _normal_init(linear: nn.Linear, gain: float) -> None:
+    nn.init.normal_(linear.weight, mean=0.0, std=gain / math.sqrt(linear.in_features))
+
+
+class EdgeHead(nn.Module):
+    """Edge MLP (Eq. 9) and the shared op FC (Eq. 10, before the softmax), no bias."""
+
+    def __init__(self, node_dim: int, edge_hidden: int, edge_dim: int, n_ops: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * node_dim, edge_hidden, bias=False),
+            nn.ReLU(),
+            nn.Linear(edge_hidden, edge_dim, bias=False),
+            nn.ReLU(),
+        )
+        self.op_fc = nn.Linear(edge_dim, n_ops, bias=False)
+        _normal_init(self.mlp[0], math.sqrt(2.0))
+        _normal_init(self.mlp[2], math.sqrt(2.0))
+        nn.init.normal_(self.op_fc.weight, std=OP_FC_INIT_STD)
+
+    def forward(self, z: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        """z: (..., n_nodes, node_dim) -> logits (..., n_edges, n_ops); source node first."""
+        e = self.mlp(torch.cat([z[..., src, :], z[..., dst, :]], dim=-1))
+        return self.op_fc(e)
+
+
+class NGE(ArchParam):
+    """Neural graph embedding (SPEC section 2, Eq. 5-10).
+
+    X_normal, X_reduce: (|V| x D) learnable, initialised one-hot. A 3-layer GCN
+    H <- ReLU(A_hat H W) with widths D -> hidden -> hidden -> F, shared edge MLP and op FC.
+    Init (the paper says only "normal"): GCN and edge-MLP weights from N(0, 2 / fan_in) (He, as
+    each is followed by a ReLU); op-FC weights from N(0, OP_FC_INIT_STD^2), so P starts close to
+    uniform, as DARTS's alphas (1e-3 * randn) do.
+    """
+
+    def __init__(
+        self,
+        topology: Topology = DEFAULT_TOPOLOGY,
+        n_ops: int = len(PRIMITIVES),
+        node_dim: int = 64,
+        gcn_hidden: int = 128,
+        gcn_layers: int = 3,
+        out_dim: int = 64,
+        edge_hidden: int = 64,
+        edge_dim: int = 64,
+    ):
+        super().__init__(topology, n_ops)
+        n = topology.n_graph_nodes
+        if node_dim < n:
+            raise ValueError(f"node_dim must be at least |V| = {n} for a one-hot init, got {node_dim}")
+        one_hot = torch.eye(n, node_dim)
+        self.x_normal = nn.Parameter(one_hot.clone())
+        self.x_reduce = nn.Parameter(one_hot.clone())
+        a = torch.tensor(topology.adjacency())
+        self.register_buffer("a_hat", a + torch.eye(n), persistent=False)
+        widths = [node_dim] + [gcn_hidden] * (gcn_layers - 1) + [out_dim]
+        self.gcn = nn.ModuleList(nn.Linear(i, o, bias=False) for i, o in zip(widths[:-1], widths[1:], strict=True))
+        for layer in self.gcn:
+            _normal_init(layer, math.sqrt(2.0))
+        self.head = EdgeHead(out_dim, edge_hidden, edge_dim, n_ops)
+
+    def node_embeddings(self) -> torch.Tensor:
+        """Z = GCN(X): (2, |V|, F), both cell types at once."""
+        h = torch.stack([self.x_normal, self.x_reduce])
+        for layer in self.gcn:
+            h = F.relu(self.a_hat @ layer(h))
+        return h
+
+    def logits(self) -> torch.Tensor:
+        return self.head(self.node_embeddings(), self.edge_src, self.edge_dst)
+
+
+ArchFactory = Callable[..., ArchParam]
+
+ARCH_PARAMS: dict[str, ArchFactory] = {
+    "nge": NGE,
+}
+
+
+def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)) -> ArchParam:
+    try:
+        factory = ARCH_PARAMS[name]
+    except KeyError:
+        raise ValueError(f"unknown parameterisation '{name}' (known: {', '.join(ARCH_PARAMS)})") from None
+    return factory(topology=topology, n_ops=n_ops)

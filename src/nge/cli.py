@@ -1,0 +1,115 @@
+"""The `nge` command line: parse, load config, call the library, turn errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nge.errors import NGEError
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nge.config import SearchRunConfig, load_config
+    from nge.search import default_out, run_search
+
+    cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
+    out = Path(args.out) if args.out else default_out("search", args.preset)
+    summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
+    print(json.dumps(summary["genotype"]))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from nge.arch import build_arch
+    from nge.config import SearchRunConfig, load_config, to_dict, validate_search
+    from nge.engine import count_params
+    from nge.profile import count_mult_adds
+    from nge.search import build_supernet
+
+    cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
+    validate_search(cfg)
+    channels, size, classes = _input_shape(cfg)
+    net = build_supernet(cfg, channels, classes)
+    arch = build_arch(cfg.search.param)
+    probs = arch()
+    x = torch.zeros(1, channels, size, size)
+    result = {
+        "preset": args.preset,
+        "network": "supernet",
+        "input": [channels, size, size],
+        "params": count_params(net),
+        "arch_params": count_params(arch),
+        "mult_adds": count_mult_adds(net, lambda: net(x, probs)),
+        "config": to_dict(cfg.model),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"preset {args.preset}: supernet on {channels}x{size}x{size} input, {classes} classes")
+        print(f"  supernet weights      {result['params']:>14,}")
+        print(f"  architecture params   {result['arch_params']:>14,}  ({cfg.search.param})")
+        print(f"  multiply-adds / image {result['mult_adds']:>14,}")
+    return 0
+
+
+def _input_shape(cfg) -> tuple[int, int, int]:
+    """(channels, size, classes) of the preset's data, known without reading it."""
+    d = cfg.data
+    if d.name == "synthetic":
+        return d.synthetic.channels, d.synthetic.size, d.synthetic.num_classes
+    return {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}[d.name]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nge import __version__
+
+    p = _Parser(prog="nge", description="Neural architecture search with Neural Graph Embedding.")
+    p.add_argument("--version", action="version", version=f"nge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="search a cell and write a run directory")
+    s.add_argument("--preset", default="quick", help="search preset (default: quick)")
+    s.add_argument("--out", help="run directory (default: runs/search-PRESET-TIME)")
+    s.add_argument("--force", action="store_true", help="replace an existing run directory")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. search.epochs=10")
+    s.set_defaults(func=cmd_search)
+
+    f = sub.add_parser("profile", help="parameter and multiply-add counts of a preset's network")
+    f.add_argument("--preset", required=True)
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    f.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NGEError as e:
+        print(f"nge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Typed configuration: dataclass schemas, presets as YAML files, dotted KEY=VALUE overrides.
+
+OmegaConf checks keys and types against the schema; `validate_*` checks values. Every failure is
+an NGEError with a one-line message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nge.errors import NGEError
+
+
+class DataName(str, Enum):
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    synthetic = "synthetic"
+
+
+class Alternation(str, Enum):
+    epoch = "epoch"  # NGE (Algorithm 1): all training batches, then all validation batches
+    batch = "batch"  # DARTS: one validation step per training step
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class SyntheticConfig:
+    n_train: int = 512
+    n_test: int = 256
+    num_classes: int = 10
+    channels: int = 3
+    size: int = 32
+
+
+@dataclass
+class DataConfig:
+    name: DataName = DataName.fashion_mnist
+    root: str | None = None  # None: the default location where one exists (Fashion-MNIST)
+    limit: int | None = None  # use at most this many training-set images (before the split)
+    train_portion: float = 0.5  # share of the training set used to train weights; the rest is val
+    batch_size: int = 64
+    crop_pad: int = 4
+    flip: bool = True
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 0
+    device: Device = Device.auto
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    progress: bool = True
+
+
+@dataclass
+class SupernetConfig:
+    C: int = 16
+    layers: int = 8
+    stem_multiplier: int = 3
+
+
+@dataclass
+class WeightOptimConfig:
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0  # 0 disables; not in the paper, DARTS uses 5
+
+
+@dataclass
+class ArchOptimConfig:
+    lr: float = 6e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 1e-3
+
+
+@dataclass
+class SearchConfig:
+    param: str = "nge"
+    epochs: int = 25
+    alternation: Alternation = Alternation.epoch
+    weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
+    arch: ArchOptimConfig = field(default_factory=ArchOptimConfig)
+
+
+@dataclass
+class SearchRunConfig:
+    preset: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SupernetConfig = field(default_factory=SupernetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+T = TypeVar("T")
+
+
+def available_presets(kind: str) -> list[str]:
+    folder = resources.files("nge") / "presets" / kind
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    msg = str(e).strip().splitlines()[0]
+    key = getattr(e, "full_key", None)
+    if key and key not in msg:
+        msg = f"{key}: {msg}"
+    return msg
+
+
+def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -> T:
+    """Schema defaults <- presets/<kind>/<preset>.yaml <- KEY=VALUE overrides, then typed object."""
+    names = available_presets(kind)
+    if preset not in names:
+        raise NGEError(f"unknown {kind} preset '{preset}' (available: {', '.join(names)})")
+    text = (resources.files("nge") / "presets" / kind / f"{preset}.yaml").read_text()
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise NGEError(f"override '{item}' is not KEY=VALUE (e.g. search.epochs=10)")
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.create(text), {"preset": preset})
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise NGEError(f"bad configuration: {_one_line(e)}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise NGEError(f"bad configuration: {msg}")
+
+
+def validate_data(d: DataConfig) -> None:
+    _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
+    _check(0.0 < d.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {d.train_portion}")
+    _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
+    _check(d.crop_pad >= 0, f"data.crop_pad must be >= 0, got {d.crop_pad}")
+    s = d.synthetic
+    _check(min(s.n_train, s.n_test, s.channels, s.size) >= 1 and s.num_classes >= 2,
+           "data.synthetic sizes must be positive with at least 2 classes")
+
+
+def validate_runtime(r: RuntimeConfig) -> None:
+    _check(r.threads is None or r.threads >= 1, f"runtime.threads must be >= 1 or null, got {r.threads}")
+    _check(r.seed >= 0, f"runtime.seed must be >= 0, got {r.seed}")
+
+
+def validate_search(cfg: SearchRunConfig) -> None:
+    from nge.arch import ARCH_PARAMS
+
+    validate_data(cfg.data)
+    validate_runtime(cfg.runtime)
+    s, m = cfg.search, cfg.model
+    _check(s.param in ARCH_PARAMS, f"search.param '{s.param}' unknown (known: {', '.join(ARCH_PARAMS)})")
+    _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
+    _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
+           "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
+    w, a = s.weights, s.arch
+    _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, "search.weights.lr must be > 0 and 0 <= lr_min <= lr")
+    _check(0 <= w.momentum < 1, f"search.weights.momentum must be in [0, 1), got {w.momentum}")
+    _check(w.weight_decay >= 0 and w.grad_clip >= 0, "search.weights.weight_decay and grad_clip must be >= 0")
+    _check(a.lr > 0 and a.weight_decay >= 0, "search.arch.lr must be > 0 and weight_decay >= 0")
+    _check(0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "search.arch.beta1 and beta2 must be in [0, 1)")

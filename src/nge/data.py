@@ -1,0 +1,360 @@
+"""Image classification data: readers for the standard on-disk formats, splits, and a batch
+loader that keeps data as tensors on the device and augments whole batches at once.
+
+Readers never download and never run code from a file: CIFAR pickles go through an unpickler
+that admits only the plain types the format uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nge.errors import NGEError
+
+FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class ImageSet:
+    """uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def subset(self, idx: torch.Tensor) -> ImageSet:
+        return ImageSet(self.x[idx], self.y[idx])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: ImageSet
+    test: ImageSet
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.x.shape[2]
+
+
+# ---------------------------------------------------------------------------- idx (MNIST family)
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an idx file (optionally gzipped). Rejects wrong magic, truncation and trailing bytes."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise NGEError(f"cannot read idx file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
+        raise NGEError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise NGEError(f"{path} is truncated (header cut short)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    n = int(np.prod(shape))
+    if len(raw) - header != n:
+        raise NGEError(f"{path} holds {len(raw) - header} data bytes, its header promises {n} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise NGEError(f"missing {stem}.gz in {root}")
+
+
+def load_fashion_mnist(root: str | Path | None) -> Dataset:
+    root = Path(root or FASHION_MNIST_DEFAULT_ROOT)
+    if not root.is_dir():
+        raise NGEError(
+            f"Fashion-MNIST not found at {root}: install Debian's package dataset-fashion-mnist "
+            "or set data.root=DIR holding the four idx .gz files"
+        )
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise NGEError(f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}")
+        if labels.size and labels.max() >= 10:
+            raise NGEError(f"Fashion-MNIST {split} labels in {root} exceed 9")
+        parts[split] = ImageSet(
+            torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+    return Dataset("fashion_mnist", parts["train"], parts["test"], 10, (0.2860,), (0.3530,))
+
+
+# ---------------------------------------------------------------------------- CIFAR (python pickles)
+
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = _PlainUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise NGEError(f"missing CIFAR batch file {path}") from None
+    except Exception as e:  # any unpickling failure: truncated, corrupt or hostile
+        raise NGEError(f"{path} is not a valid CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise NGEError(f"{path} is not a valid CIFAR batch (not a dict)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    data, labels = d.get("data"), d.get(label_key.decode())
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise NGEError(f"{path} is not a valid CIFAR batch ('data' must be a uint8 array of N x 3072)")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise NGEError(f"{path} is not a valid CIFAR batch (bad '{label_key.decode()}')") from None
+    if labels.shape != (data.shape[0],):
+        raise NGEError(f"{path} is not a valid CIFAR batch ({len(data)} images, labels shape {labels.shape})")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar(root: str | Path | None, num_classes: int) -> Dataset:
+    name = f"cifar{num_classes}"
+    folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+    if root is None:
+        raise NGEError(f"{name} needs data.root=DIR (the {folder} directory or its parent)")
+    root = Path(root)
+    if (root / folder).is_dir():
+        root = root / folder
+    if not root.is_dir():
+        raise NGEError(f"{name} data directory {root} does not exist")
+    if num_classes == 10:
+        train_files, test_files, key = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"
+    else:
+        train_files, test_files, key = ["train"], ["test"], b"fine_labels"
+
+    def read(files: list[str]) -> ImageSet:
+        xs, ys = zip(*(read_cifar_batch(root / f, key) for f in files), strict=True)
+        y = np.concatenate(ys)
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise NGEError(f"{name} labels in {root} fall outside 0..{num_classes - 1}")
+        return ImageSet(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(y))
+
+    if num_classes == 10:
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    else:
+        mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    return Dataset(name, read(train_files), read(test_files), num_classes, mean, std)
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_key: str = "labels") -> None:
+    """Write a batch in the CIFAR python format (for tests and tiny fixtures)."""
+    d = {b"batch_label": b"synthetic", label_key.encode(): labels.tolist(), b"data": images.reshape(len(images), -1)}
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+# ---------------------------------------------------------------------------- synthetic
+
+def make_synthetic(
+    n_train: int = 512,
+    n_test: int = 256,
+    num_classes: int = 10,
+    channels: int = 3,
+    size: int = 32,
+    seed: int = 0,
+) -> Dataset:
+    """A learnable toy data set: each class is a fixed random pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(num_classes, channels, size, size, generator=g) * 255
+
+    def draw(n: int) -> ImageSet:
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        noise = torch.randn(n, channels, size, size, generator=g) * 60
+        x = (templates[y] + noise).clamp(0, 255).to(torch.uint8)
+        return ImageSet(x, y)
+
+    return Dataset("synthetic", draw(n_train), draw(n_test), num_classes, (0.5,) * channels, (0.3,) * channels)
+
+
+def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> Dataset:
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root)
+    if name == "cifar10":
+        return load_cifar(root, 10)
+    if name == "cifar100":
+        return load_cifar(root, 100)
+    if name == "synthetic":
+        return make_synthetic(**(synthetic or {}))
+    raise NGEError(f"unknown data set '{name}' (known: fashion_mnist, cifar10, cifar100, synthetic)")
+
+
+def split_train_val(train: ImageSet, train_portion: float, seed: int, limit: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Carve a validation split out of the training set (seeded). `limit` caps the images used."""
+    n = len(train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if limit is not None:
+        perm = perm[: min(limit, n)]
+    n_train = int(round(len(perm) * train_portion))
+    if n_train < 1 or n_train >= len(perm):
+        raise NGEError(f"train/val split of {len(perm)} images with train_portion={train_portion} leaves a split empty")
+    return train.subset(perm[:n_train]), train.subset(perm[n_train:])
+
+
+# ---------------------------------------------------------------------------- batches
+
+@dataclass
+class Augment:
+    crop_pad: int = 0
+    flip: bool = False
+    cutout: int = 0
+
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `pad` and take a random crop of the original size per sample, in one gather."""
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    mask = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
+    """Zero a length x length square (clipped at the border) centred at a random pixel per sample."""
+    if length <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=g).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=g).to(x.device)
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    in_y = (ys >= (cy[:, None] - length // 2)) & (ys < (cy[:, None] - length // 2 + length))
+    in_x = (xs >= (cx[:, None] - length // 2)) & (xs < (cx[:, None] - length // 2 + length))
+    hole = in_y[:, :, None] & in_x[:, None, :]
+    return x.masked_fill(hole[:, None], 0)
+
+
+class BatchLoader:
+    """Iterates (x, y) batches of a device-resident ImageSet.
+
+    Images stay uint8 on the device; a batch is normalised and augmented as a whole. Order and
+    augmentation come from a generator seeded by (seed, epoch), so any epoch can be replayed
+    exactly (resume needs no loader state).
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.x = data.x.to(device)
+        self.y = data.y.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = augment or Augment()
+        self.drop_last = drop_last and len(data) >= batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.channels_last = channels_last
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = self.x.shape[0]
+        order = torch.randperm(n, generator=g).to(self.device) if self.shuffle else None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[sl] if order is not None else sl
+            x = self.x[idx].float()
+            a = self.augment
+            if a.crop_pad:  # on raw pixels, so padding is black as in the usual pipeline
+                x = random_crop(x, a.crop_pad, g)
+            if a.flip:
+                x = random_flip(x, g)
+            x = (x - self.mean) / self.std
+            if a.cutout:
+                x = cutout(x, a.cutout, g)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.y[idx]
+
+
+def describe(ds: Dataset) -> str:
+    return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {ds.in_channels}x{ds.image_size}x{ds.image_size}, {ds.num_classes} classes"
+
+
+__all__ = [
+    "Augment",
+    "BatchLoader",
+    "Dataset",
+    "ImageSet",
+    "cutout",
+    "load_dataset",
+    "make_synthetic",
+    "random_crop",
+    "random_flip",
+    "read_idx",
+    "split_train_val",
+    "write_cifar_batch",
+]

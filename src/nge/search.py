@@ -1,0 +1,189 @@
+"""The search loop (SPEC section 3, Algorithm 1) as an EpochTask for the shared engine.
+
+Epoch-wise alternation (default): compute P once, train the weights w over every training batch
+with P fixed, then update the parameterisation over every validation batch, recomputing P each
+step (first order). Per-batch alternation (DARTS) interleaves one validation step per training step.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nge import viz
+from nge.arch import ArchParam, CellProbs, build_arch
+from nge.config import SearchRunConfig, to_dict, to_yaml, validate_search
+from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, split_train_val
+from nge.derive import derive
+from nge.engine import (
+    Meter,
+    RunDir,
+    autocast,
+    cosine_lr,
+    count_params,
+    fit,
+    frozen,
+    progress,
+    resolve_device,
+    set_lr,
+    setup_runtime,
+    sgd_step,
+)
+from nge.space import Genotype
+from nge.supernet import SuperNet
+
+
+def build_supernet(cfg: SearchRunConfig, in_channels: int, num_classes: int) -> SuperNet:
+    m = cfg.model
+    return SuperNet(C=m.C, num_classes=num_classes, layers=m.layers, in_channels=in_channels,
+                    stem_multiplier=m.stem_multiplier)
+
+
+class SearchTask:
+    def __init__(self, cfg: SearchRunConfig, data: Dataset, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.net = build_supernet(cfg, data.in_channels, data.num_classes).to(device)
+        self.arch: ArchParam = build_arch(cfg.search.param).to(device)
+        if cfg.runtime.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        w, a = cfg.search.weights, cfg.search.arch
+        self.w_params = list(self.net.parameters())
+        self.w_opt = torch.optim.SGD(self.w_params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
+        self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=a.lr, betas=(a.beta1, a.beta2),
+                                      weight_decay=a.weight_decay)
+        train, val = split_train_val(data.train, cfg.data.train_portion, cfg.runtime.seed, cfg.data.limit)
+        d = cfg.data
+        common = dict(batch_size=d.batch_size, mean=data.mean, std=data.std, device=device, shuffle=True,
+                      seed=cfg.runtime.seed, channels_last=cfg.runtime.channels_last)
+        self.train_loader = BatchLoader(train, augment=Augment(d.crop_pad, d.flip), drop_last=True, **common)
+        self.val_loader = BatchLoader(val, drop_last=True, **common)
+        self.p_history: list[CellProbs] = [self.probs()]
+
+    @torch.no_grad()
+    def probs(self) -> CellProbs:
+        p = self.arch()
+        return CellProbs(p.normal.float().cpu(), p.reduce.float().cpu())
+
+    def _forward(self, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
+        with autocast(self.device, self.cfg.runtime.amp):
+            return self.net(x, probs)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, probs: CellProbs, meter: Meter) -> None:
+        """Update w on a training batch; P is detached, so no gradient reaches the embedding."""
+        self.net.train()
+        logits = self._forward(x, probs.detach())
+        loss = F.cross_entropy(logits.float(), y)
+        sgd_step(loss, self.w_opt, self.w_params, self.cfg.search.weights.grad_clip)
+        meter.update(loss, logits, y)
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        """Update the parameterisation on a validation batch; w is frozen (first order)."""
+        self.net.train()
+        with frozen(self.net):
+            logits = self._forward(x, self.arch())
+            loss = F.cross_entropy(logits.float(), y)
+            self.a_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.a_opt.step()
+        meter.update(loss, logits, y)
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        s, show = self.cfg.search, self.cfg.runtime.progress
+        lr = cosine_lr(s.weights.lr, s.weights.lr_min, epoch, s.epochs)
+        set_lr(self.w_opt, lr)
+        self.train_loader.set_epoch(epoch)
+        self.val_loader.set_epoch(epoch)
+        train_m, val_m = Meter(), Meter()
+        tag = f"epoch {epoch + 1}/{s.epochs}"
+        if s.alternation == "epoch":
+            with torch.no_grad():
+                probs = self.arch().detach()
+            for x, y in progress(self.train_loader, len(self.train_loader), f"{tag} weights", show):
+                self.weight_step(x, y, probs, train_m)
+            for x, y in progress(self.val_loader, len(self.val_loader), f"{tag} embedding", show):
+                self.arch_step(x, y, val_m)
+        else:
+            pairs = zip(self.train_loader, self.val_loader, strict=False)
+            n = min(len(self.train_loader), len(self.val_loader))
+            for (xt, yt), (xv, yv) in progress(pairs, n, f"{tag} alternating", show):
+                self.arch_step(xv, yv, val_m)
+                with torch.no_grad():
+                    probs = self.arch().detach()
+                self.weight_step(xt, yt, probs, train_m)
+        self.p_history.append(self.probs())
+        return {**train_m.result("train"), **val_m.result("val"), "lr": lr}
+
+    def state_dict(self) -> dict:
+        return {
+            "net": self.net.state_dict(),
+            "arch": self.arch.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "p_history": [[p.normal, p.reduce] for p in self.p_history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.arch.load_state_dict(state["arch"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.p_history = [CellProbs(n, r) for n, r in state["p_history"]]
+
+    def genotype(self) -> Genotype:
+        p = self.p_history[-1]
+        return derive(p.normal, p.reduce)
+
+
+def default_out(kind: str, preset: str) -> Path:
+    return Path("runs") / f"{kind}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: bool = False,
+               log=print) -> dict:
+    """Validate, read data, search, derive, write the run directory. Returns the summary."""
+    validate_search(cfg)
+    RunDir.check(out, force, resume)
+    device = resolve_device(cfg.runtime.device)
+    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    d = cfg.data
+    data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
+    task = SearchTask(cfg, data, device)
+    run = RunDir.create(out, force, resume)
+    run.write_text("config.yaml", to_yaml(cfg))
+    params, arch_params = count_params(task.net), count_params(task.arch)
+    log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
+        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}; -> {run.path}")
+    t0 = time.perf_counter()
+    metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)})
+    wall = time.perf_counter() - t0
+    if resume:  # include the time of the epochs run before the resume
+        wall = sum(r["seconds"] for r in metrics)
+    genotype = task.genotype()
+    genotype.save(run.file("genotype.json"))
+    run.write_jsonl("probs.jsonl", [
+        {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
+    ])
+    viz.plot_cell(genotype.normal, "normal cell", run.file("normal.png"))
+    viz.plot_cell(genotype.reduce, "reduction cell", run.file("reduce.png"))
+    viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"))
+    viz.plot_curves(metrics, run.file("curves.png"))
+    last = metrics[-1] if metrics else {}
+    summary = {
+        "preset": cfg.preset,
+        "param": cfg.search.param,
+        "params": params,
+        "arch_params": arch_params,
+        "genotype": genotype.to_dict(),
+        "epochs": len(metrics),
+        "final_val_acc": last.get("val_acc"),
+        "final_train_acc": last.get("train_acc"),
+        "wall_seconds": round(wall, 2),
+        "device": str(device),
+    }
+    run.write_json("summary.json", summary)
+    log(f"genotype written to {run.file('genotype.json')}; final val acc {summary['final_val_acc']}")
+    return summary

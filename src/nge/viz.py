@@ -1,0 +1,109 @@
+"""Pictures: derived cells (as the paper's Figure 4), P heatmaps over epochs, training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Topology  # noqa: E402
+
+_OP_COLOURS = {
+    "skip_connect": "#7f7f7f",
+    "max_pool_3x3": "#1f77b4",
+    "avg_pool_3x3": "#17becf",
+    "sep_conv_3x3": "#d62728",
+    "sep_conv_5x5": "#ff7f0e",
+    "dil_conv_3x3": "#2ca02c",
+    "dil_conv_5x5": "#9467bd",
+}
+
+
+def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = DEFAULT_TOPOLOGY) -> None:
+    """Inputs c_{k-2}, c_{k-1} on the left, intermediate nodes 0..n-1, output c_{k} on the right;
+    each kept edge drawn as an arrow labelled with its op."""
+    n_in, n = topology.n_inputs, topology.n_nodes
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    for k in range(n):
+        pos[n_in + k] = (1.0 + k, 1.2 if k % 2 == 0 else -1.2)
+    out = n_in + n
+    pos[out] = (n + 1.2, 0.0)
+    labels = {0: "c_{k-2}", 1: "c_{k-1}", out: "c_{k}"} | {n_in + k: str(k) for k in range(n)}
+    fig, ax = plt.subplots(figsize=(1.9 * (n + 2.6), 5.2))
+    ax.set_aspect("equal")
+    for e, (op, src) in enumerate(cell):
+        dst = n_in + e // 2
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        rad = 0.2 if (e % 2) else -0.2
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
+            arrowstyle="-|>", color=_OP_COLOURS.get(op, "black"), lw=1.6, shrinkA=16, shrinkB=16,
+            connectionstyle=f"arc3,rad={rad}"))
+        # midpoint of matplotlib's arc3 quadratic Bezier (equal aspect keeps data = display geometry)
+        mx, my = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0)
+        ax.text(mx, my, op, fontsize=8, ha="center", va="center", color=_OP_COLOURS.get(op, "black"),
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    for k in range(n):
+        (x0, y0), (x1, y1) = pos[n_in + k], pos[out]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="-|>", color="#bbbbbb", lw=1.0, shrinkA=16, shrinkB=16))
+    for node, (x, y) in pos.items():
+        colour = "#a6d96a" if node < n_in else ("#fdae61" if node == out else "#abd9e9")
+        ax.text(x, y, labels[node], ha="center", va="center", fontsize=10,
+                bbox=dict(boxstyle="round,pad=0.4", fc=colour, ec="black"))
+    ax.set_xlim(-0.7, n + 1.9)
+    ax.set_ylim(-2.1, 2.1)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def edge_labels(topology: Topology = DEFAULT_TOPOLOGY) -> list[str]:
+    return [f"{s}->{t}" for s, t in topology.edges]
+
+
+def plot_probs_over_epochs(history: Sequence, path: Path, max_panels: int = 6,
+                           primitives: Sequence[str] = PRIMITIVES) -> None:
+    """Heatmaps of P (edges x ops) for both cell types at evenly spaced epochs (0 = initial)."""
+    n = len(history)
+    idx = sorted({round(i * (n - 1) / max(1, max_panels - 1)) for i in range(min(n, max_panels))})
+    fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx) + 1, 9), squeeze=False,
+                             gridspec_kw={"hspace": 0.55})
+    top = max(float(h[k].max()) for h in history for k in (0, 1))  # P stays near 1/O early on
+    im = None
+    for c, e in enumerate(idx):
+        for r, (name, p) in enumerate((("normal", history[e][0]), ("reduce", history[e][1]))):
+            ax = axes[r][c]
+            im = ax.imshow(p.numpy() if hasattr(p, "numpy") else p, vmin=0, vmax=top, cmap="viridis",
+                           aspect="auto")
+            ax.set_title(f"{name}, epoch {e}", fontsize=9)
+            ax.set_xticks(range(len(primitives)), [op.replace("_", " ") for op in primitives], rotation=90, fontsize=7)
+            ax.set_yticks(range(len(edge_labels())), edge_labels() if c == 0 else [""] * len(edge_labels()),
+                          fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="operation probability")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(metrics: Sequence[dict], path: Path) -> None:
+    """Loss and accuracy per epoch for every *_loss / *_acc series present."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    keys = sorted({k for m in metrics for k in m if k.endswith("_loss") or k.endswith("_acc")})
+    for k in keys:
+        ys = [m.get(k) for m in metrics]
+        (ax_l if k.endswith("_loss") else ax_a).plot(epochs, ys, marker="o", ms=3, label=k)
+    for ax, name in ((ax_l, "loss"), (ax_a, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
