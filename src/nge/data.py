@@ -112,7 +112,8 @@ def load_fashion_mnist(root: str | Path | None) -> Dataset:
 
 # ---------------------------------------------------------------------------- CIFAR (python pickles)
 
-_PICKLE_ALLOWED = {
+_PICKLE_ALLOWED = {  # what numpy arrays in a protocol-2 pickle need, nothing that can run code
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
@@ -341,7 +342,8 @@ class BatchLoader:
 
 
 def describe(ds: Dataset) -> str:
-    return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {ds.in_channels}x{ds.image_size}x{ds.image_size}, {ds.num_classes} classes"
+    shape = f"{ds.in_channels}x{ds.image_size}x{ds.image_size}"
+    return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {shape}, {ds.num_classes} classes"
 
 
 __all__ = [

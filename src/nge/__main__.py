@@ -1,0 +1,5 @@
+import sys
+
+from nge.cli import main
+
+sys.exit(main())
