@@ -16,47 +16,72 @@ def _log(msg: str) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from nge.config import SearchRunConfig, load_config
-    from nge.search import default_out, run_search
+    from nge.engine import default_run_dir
+    from nge.search import run_search
 
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
-    out = Path(args.out) if args.out else default_out("search", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("search", args.preset)
     summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
     print(json.dumps(summary["genotype"]))
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from nge.config import TrainRunConfig, load_config
+    from nge.engine import default_run_dir
+    from nge.train import run_train
+
+    cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
+    out = Path(args.out) if args.out else default_run_dir("train", args.preset)
+    summary = run_train(cfg, args.genotype, out, force=args.force, resume=args.resume, log=_log)
+    print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    """A search preset's supernet, or (with --genotype) a training preset's evaluation network."""
     import torch
 
-    from nge.arch import build_arch
-    from nge.config import SearchRunConfig, load_config, to_dict, validate_search
-    from nge.engine import count_params
-    from nge.profile import count_mult_adds
-    from nge.search import build_supernet
+    from nge.config import load_config, to_dict
 
-    cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
-    validate_search(cfg)
-    channels, size, classes = _input_shape(cfg)
-    net = build_supernet(cfg, channels, classes)
-    arch = build_arch(cfg.search.param)
-    probs = arch()
-    x = torch.zeros(1, channels, size, size)
-    result = {
-        "preset": args.preset,
-        "network": "supernet",
-        "input": [channels, size, size],
-        "params": count_params(net),
-        "arch_params": count_params(arch),
-        "mult_adds": count_mult_adds(net, lambda: net(x, probs)),
-        "config": to_dict(cfg.model),
-    }
+    if args.genotype:
+        from nge.config import TrainRunConfig, validate_train
+        from nge.train import build_network, profile_network, resolve_genotype
+
+        cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
+        validate_train(cfg)
+        channels, size, classes = _input_shape(cfg)
+        net = build_network(cfg, resolve_genotype(args.genotype), channels, classes)
+        result = {"preset": args.preset, "network": "evaluation", "genotype": args.genotype,
+                  "input": [channels, size, size], **profile_network(net, channels, size), "arch_params": 0}
+    else:
+        from nge.arch import build_arch
+        from nge.config import SearchRunConfig, validate_search
+        from nge.engine import count_params
+        from nge.profile import count_mult_adds
+        from nge.search import build_supernet
+
+        cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
+        validate_search(cfg)
+        channels, size, classes = _input_shape(cfg)
+        net = build_supernet(cfg, channels, classes)
+        arch = build_arch(cfg.search.param)
+        probs = arch()
+        x = torch.zeros(1, channels, size, size)
+        result = {"preset": args.preset, "network": "supernet", "input": [channels, size, size],
+                  "params": count_params(net), "arch_params": count_params(arch),
+                  "mult_adds": count_mult_adds(net, lambda: net(x, probs))}
+    result["config"] = to_dict(cfg.model)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"preset {args.preset}: supernet on {channels}x{size}x{size} input, {classes} classes")
-        print(f"  supernet weights      {result['params']:>14,}")
-        print(f"  architecture params   {result['arch_params']:>14,}  ({cfg.search.param})")
-        print(f"  multiply-adds / image {result['mult_adds']:>14,}")
+        what = f"{result['network']} network" + (f" of {args.genotype}" if args.genotype else "")
+        print(f"preset {args.preset}: {what} on {channels}x{size}x{size} input, {classes} classes")
+        label = "weights (without aux head)" if args.genotype else "supernet weights"
+        print(f"  {label:<27} {result['params']:>14,}")
+        if not args.genotype:
+            print(f"  {'architecture params':<27} {result['arch_params']:>14,}  ({cfg.search.param})")
+        print(f"  {'multiply-adds / image':<27} {result['mult_adds']:>14,}")
     return 0
 
 
@@ -90,8 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. search.epochs=10")
     s.set_defaults(func=cmd_search)
 
+    t = sub.add_parser("train", help="train a genotype from scratch and report test accuracy")
+    t.add_argument("--genotype", required=True, metavar="FILE_OR_NAME",
+                   help="genotype.json, a search run directory, or a built-in name (DARTS_V1, DARTS_V2)")
+    t.add_argument("--preset", default="quick", help="training preset (default: quick)")
+    t.add_argument("--out", help="run directory (default: runs/train-PRESET-TIME)")
+    t.add_argument("--force", action="store_true", help="replace an existing run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=10")
+    t.set_defaults(func=cmd_train)
+
     f = sub.add_parser("profile", help="parameter and multiply-add counts of a preset's network")
-    f.add_argument("--preset", required=True)
+    f.add_argument("--preset", required=True,
+                   help="a search preset, or with --genotype a training preset")
+    f.add_argument("--genotype", metavar="FILE_OR_NAME", help="profile the evaluation network of this genotype")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     f.set_defaults(func=cmd_profile)

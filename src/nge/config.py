@@ -53,6 +53,7 @@ class DataConfig:
     batch_size: int = 64
     crop_pad: int = 4
     flip: bool = True
+    cutout: int = 0  # cutout square side in pixels; 0 disables (evaluation training only)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -161,7 +162,7 @@ def validate_data(d: DataConfig) -> None:
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _check(0.0 < d.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {d.train_portion}")
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
-    _check(d.crop_pad >= 0, f"data.crop_pad must be >= 0, got {d.crop_pad}")
+    _check(d.crop_pad >= 0 and d.cutout >= 0, f"data.crop_pad and data.cutout must be >= 0, got {d.crop_pad}, {d.cutout}")
     s = d.synthetic
     _check(min(s.n_train, s.n_test, s.channels, s.size) >= 1 and s.num_classes >= 2,
            "data.synthetic sizes must be positive with at least 2 classes")
@@ -188,3 +189,48 @@ def validate_search(cfg: SearchRunConfig) -> None:
     _check(w.weight_decay >= 0 and w.grad_clip >= 0, "search.weights.weight_decay and grad_clip must be >= 0")
     _check(a.lr > 0 and a.weight_decay >= 0, "search.arch.lr must be > 0 and weight_decay >= 0")
     _check(0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "search.arch.beta1 and beta2 must be in [0, 1)")
+
+
+@dataclass
+class EvalNetConfig:
+    C: int = 36
+    layers: int = 20
+    stem_multiplier: int = 3
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path: float = 0.3  # final drop-path probability, ramped linearly from 0 over the epochs
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 600
+    lr: float = 0.25  # the paper's printed value (DARTS: 0.025 at batch 96)
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainRunConfig:
+    preset: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: EvalNetConfig = field(default_factory=EvalNetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def validate_train(cfg: TrainRunConfig) -> None:
+    validate_data(cfg.data)
+    validate_runtime(cfg.runtime)
+    m, t = cfg.model, cfg.train
+    _check(m.C >= 2 and m.C % 2 == 0, f"model.C must be an even number >= 2, got {m.C}")
+    _check(m.layers >= 3 and m.stem_multiplier >= 1, "model.layers must be >= 3 and model.stem_multiplier >= 1")
+    _check(m.auxiliary_weight >= 0, f"model.auxiliary_weight must be >= 0, got {m.auxiliary_weight}")
+    _check(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
+    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(t.lr > 0 and 0 <= t.lr_min <= t.lr, "train.lr must be > 0 and 0 <= lr_min <= lr")
+    _check(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _check(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
+    _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")

@@ -130,6 +130,17 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterab
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
+@torch.no_grad()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, total: int, desc: str,
+             show: bool, prefix: str) -> dict[str, float]:
+    """Loss and accuracy of `forward` over `batches` (the caller puts the model in eval mode)."""
+    meter = Meter()
+    for x, y in progress(batches, total, desc, show):
+        logits = forward(x).float()
+        meter.update(torch.nn.functional.cross_entropy(logits, y), logits, y)
+    return meter.result(prefix)
+
+
 def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -193,6 +204,10 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.tolist()
     return x
+
+
+def default_run_dir(kind: str, preset: str) -> Path:
+    return Path("runs") / f"{kind}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class RunDir:

@@ -7,7 +7,6 @@ step (first order). Per-batch alternation (DARTS) interleaves one validation ste
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -138,10 +137,6 @@ class SearchTask:
         return derive(p.normal, p.reduce)
 
 
-def default_out(kind: str, preset: str) -> Path:
-    return Path("runs") / f"{kind}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: bool = False,
                log=print) -> dict:
     """Validate, read data, search, derive, write the run directory. Returns the summary."""
@@ -157,11 +152,7 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     params, arch_params = count_params(task.net), count_params(task.arch)
     log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
         f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}; -> {run.path}")
-    t0 = time.perf_counter()
     metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)})
-    wall = time.perf_counter() - t0
-    if resume:  # include the time of the epochs run before the resume
-        wall = sum(r["seconds"] for r in metrics)
     genotype = task.genotype()
     genotype.save(run.file("genotype.json"))
     run.write_jsonl("probs.jsonl", [
@@ -181,7 +172,7 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
         "epochs": len(metrics),
         "final_val_acc": last.get("val_acc"),
         "final_train_acc": last.get("train_acc"),
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(sum(r["seconds"] for r in metrics), 2),
         "device": str(device),
     }
     run.write_json("summary.json", summary)
