@@ -39,21 +39,21 @@ def test_embedding_phase_leaves_the_weights_unchanged():
     assert any(not torch.equal(a, b) for a, b in zip(task.arch.parameters(), a_before, strict=True))
 
 
-def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch):
+def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch, tmp_path):
     task = tiny_task("search.epochs=1")
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
-    task.run_epoch(0)
+    fit(task, 1, RunDir.create(tmp_path / "run", False, False))
     assert len(seen) == len(task.train_loader) and all(torch.equal(seen[0], s) for s in seen)
 
 
-def test_batch_alternation_updates_p_between_weight_steps(monkeypatch):
+def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path):
     task = tiny_task("search.alternation=batch")
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
-    task.run_epoch(0)
+    fit(task, 1, RunDir.create(tmp_path / "run", False, False))
     assert len(seen) >= 2 and not torch.equal(seen[0], seen[-1])
 
 

@@ -34,9 +34,9 @@ def test_paper_presets_match_spec():
         assert (d.name, d.batch_size, d.cutout, d.crop_pad, d.flip) == (dataset, 128, 16, 4, True)
 
 
-def test_drop_path_ramps_and_lr_decays():
+def test_drop_path_ramps_and_lr_decays(tmp_path):
     task = tiny_task("train.epochs=4", "model.drop_path=0.2")
-    rows = [task.run_epoch(e) for e in range(2)]
+    rows = fit(task, 2, RunDir.create(tmp_path / "run", False, False))
     assert rows[0]["drop_path"] == 0.0 and rows[1]["drop_path"] == pytest.approx(0.05)
     assert rows[0]["lr"] > rows[1]["lr"]
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])

@@ -75,8 +75,54 @@ class EdgeHead(nn.Module):
         return self.op_fc(e)
 
 
-class NGE(ArchParam):
-    """Neural graph embedding (SPEC section 2, Eq. 5-10).
+class DartsAlpha(ArchParam):
+    """Baseline (DARTS, SPEC section 5 Table 4): P = softmax of free per-edge logits.
+
+    alpha_normal, alpha_reduce: (|E| x O) parameters, initialised 1e-3 * randn as in DARTS.
+    """
+
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
+        super().__init__(topology, n_ops)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(topology.n_edges, n_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(topology.n_edges, n_ops))
+
+    def logits(self) -> torch.Tensor:
+        return torch.stack([self.alpha_normal, self.alpha_reduce])
+
+
+class NodeEmbeddingParam(ArchParam):
+    """Shared base of NGE, Plain and RNN: node embeddings X -> Z (subclass) -> `EdgeHead` -> logits.
+
+    Holds X_normal, X_reduce: (|V| x D) learnable, initialised one-hot (X[v, v] = 1). Subclasses
+    implement `node_embeddings()` and assign `self.head` (an `EdgeHead`) after their own layers, so
+    that a seeded init draws the random numbers in the same order as before this base existed.
+    """
+
+    head: EdgeHead
+
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES), node_dim: int = 64):
+        super().__init__(topology, n_ops)
+        n = topology.n_graph_nodes
+        if node_dim < n:
+            raise ValueError(f"node_dim must be at least |V| = {n} for a one-hot init, got {node_dim}")
+        one_hot = torch.eye(n, node_dim)
+        self.x_normal = nn.Parameter(one_hot.clone())
+        self.x_reduce = nn.Parameter(one_hot.clone())
+
+    def node_inputs(self) -> torch.Tensor:
+        """X for both cell types: (2, |V|, D)."""
+        return torch.stack([self.x_normal, self.x_reduce])
+
+    def node_embeddings(self) -> torch.Tensor:
+        """Z: (2, |V|, F), both cell types at once."""
+        raise NotImplementedError
+
+    def logits(self) -> torch.Tensor:
+        return self.head(self.node_embeddings(), self.edge_src, self.edge_dst)
+
+
+class NGE(NodeEmbeddingParam):
+    """Neural graph embedding (SPEC section 2, Eq. 5-10; NGE in Table 4).
 
     X_normal, X_reduce: (|V| x D) learnable, initialised one-hot. A 3-layer GCN
     H <- ReLU(A_hat H W) with widths D -> hidden -> hidden -> F, shared edge MLP and op FC.
@@ -96,13 +142,8 @@ class NGE(ArchParam):
         edge_hidden: int = 64,
         edge_dim: int = 64,
     ):
-        super().__init__(topology, n_ops)
+        super().__init__(topology, n_ops, node_dim)
         n = topology.n_graph_nodes
-        if node_dim < n:
-            raise ValueError(f"node_dim must be at least |V| = {n} for a one-hot init, got {node_dim}")
-        one_hot = torch.eye(n, node_dim)
-        self.x_normal = nn.Parameter(one_hot.clone())
-        self.x_reduce = nn.Parameter(one_hot.clone())
         a = torch.tensor(topology.adjacency())
         self.register_buffer("a_hat", a + torch.eye(n), persistent=False)
         widths = [node_dim] + [gcn_hidden] * (gcn_layers - 1) + [out_dim]
@@ -113,19 +154,73 @@ class NGE(ArchParam):
 
     def node_embeddings(self) -> torch.Tensor:
         """Z = GCN(X): (2, |V|, F), both cell types at once."""
-        h = torch.stack([self.x_normal, self.x_reduce])
+        h = self.node_inputs()
         for layer in self.gcn:
             h = F.relu(self.a_hat @ layer(h))
         return h
 
-    def logits(self) -> torch.Tensor:
-        return self.head(self.node_embeddings(), self.edge_src, self.edge_dst)
+
+class Plain(NodeEmbeddingParam):
+    """Plain (Table 4): learnable node embeddings, edge MLP + op FC, no node-to-node propagation.
+
+    z_v = ReLU(x_v W), W: D -> F shared by all nodes (no bias, He-normal init as NGE's GCN layers),
+    so a node's embedding depends on its own x_v only; then the same `EdgeHead` as NGE.
+    """
+
+    def __init__(
+        self,
+        topology: Topology = DEFAULT_TOPOLOGY,
+        n_ops: int = len(PRIMITIVES),
+        node_dim: int = 64,
+        out_dim: int = 64,
+        edge_hidden: int = 64,
+        edge_dim: int = 64,
+    ):
+        super().__init__(topology, n_ops, node_dim)
+        self.proj = nn.Linear(node_dim, out_dim, bias=False)
+        _normal_init(self.proj, math.sqrt(2.0))
+        self.head = EdgeHead(out_dim, edge_hidden, edge_dim, n_ops)
+
+    def node_embeddings(self) -> torch.Tensor:
+        return F.relu(self.proj(self.node_inputs()))
+
+
+class RNN(Plain):
+    """RNN (Table 4): Plain plus two recurrent layers over the node sequence, before the edge head.
+
+    The recurrence is a 2-layer unidirectional GRU (hidden size F, no bias, as the paper's "All the
+    FC layers use no bias"; PyTorch's default uniform init) run over the nodes in topological order
+    0, 1, ..., |V|-1, the two cell types as a batch of 2 sequences. The paper says only "two RNN
+    layers"; a unidirectional recurrence respects the data-flow direction of the DAG (a node sees
+    only the nodes before it, as NGE's adjacency lets a node hear only its predecessors); a GRU is
+    the common gated choice, preferred here over a plain tanh RNN for its gating.
+    """
+
+    def __init__(
+        self,
+        topology: Topology = DEFAULT_TOPOLOGY,
+        n_ops: int = len(PRIMITIVES),
+        node_dim: int = 64,
+        out_dim: int = 64,
+        edge_hidden: int = 64,
+        edge_dim: int = 64,
+        rnn_layers: int = 2,
+    ):
+        super().__init__(topology, n_ops, node_dim, out_dim, edge_hidden, edge_dim)
+        self.rnn = nn.GRU(out_dim, out_dim, num_layers=rnn_layers, bias=False, batch_first=True)
+
+    def node_embeddings(self) -> torch.Tensor:
+        out, _ = self.rnn(super().node_embeddings())  # (2 cell types, |V| nodes in order, F)
+        return out
 
 
 ArchFactory = Callable[..., ArchParam]
 
 ARCH_PARAMS: dict[str, ArchFactory] = {
     "nge": NGE,
+    "darts": DartsAlpha,
+    "plain": Plain,
+    "rnn": RNN,
 }
 
 

@@ -35,6 +35,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class NonFinitePolicy(str, Enum):
+    stop = "stop"  # stop the run, keeping the last good checkpoint
+    skip = "skip"  # skip the update of a step whose loss or gradient is not finite
+
+
 @dataclass
 class SyntheticConfig:
     n_train: int = 512
@@ -65,6 +70,7 @@ class RuntimeConfig:
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
     progress: bool = True
+    nonfinite: NonFinitePolicy = NonFinitePolicy.stop
 
 
 @dataclass

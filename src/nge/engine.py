@@ -1,8 +1,9 @@
 """The training engine shared by search and evaluation: devices, seeding, the batch loop with its
 progress bar and meters, the epoch loop with checkpoint/resume, run directories and logging.
 
-A job plugs in as an `EpochTask`: `run_epoch(epoch) -> metrics` plus `state_dict` /
-`load_state_dict`. `fit` owns everything around it, once, for every job.
+A job plugs in as an `EpochTask`: `begin_epoch(epoch) -> phases` (the batch passes of the epoch),
+`end_epoch(epoch, meters) -> metrics`, `state_dict` / `load_state_dict`. `fit` owns everything
+around them, once, for every job: progress, checkpoints, resume, signals, non-finite losses.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -116,6 +120,12 @@ class Meter:
         self.correct = self.correct + (logits.detach().argmax(1) == y).sum()
         self.n += n
 
+    def state_dict(self) -> dict:
+        return {"loss": torch.as_tensor(self.loss).cpu(), "correct": torch.as_tensor(self.correct).cpu(), "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss, self.correct, self.n = state["loss"], state["correct"], int(state["n"])
+
     def result(self, prefix: str) -> dict[str, float]:
         if self.n == 0:
             return {}
@@ -141,12 +151,24 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
     return meter.result(prefix)
 
 
-def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float) -> None:
+def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float,
+             skip_nonfinite: bool = False) -> bool:
+    """Backward, clip, step. A non-finite loss or gradient norm raises NonFinite before the
+    weights change, or, with `skip_nonfinite`, skips the update and returns False."""
+    if not torch.isfinite(loss):
+        if skip_nonfinite:
+            return False
+        raise NonFinite("loss")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    if not torch.isfinite(norm):
+        if skip_nonfinite:
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        raise NonFinite("gradient")
     optimizer.step()
+    return True
 
 
 # ---------------------------------------------------------------------------- files
@@ -256,10 +278,54 @@ class RunDir:
 # ---------------------------------------------------------------------------- epoch loop
 
 
+class Phase(NamedTuple):
+    """One pass of an epoch: `step(batch, meters)` over `batches` (e.g. weights, then embedding).
+
+    `meters` maps a metric prefix ("train", "val", ...) to a Meter; the engine creates them on
+    first use and keeps them across an interruption."""
+
+    name: str
+    batches: Iterable
+    total: int
+    step: Callable[[Any, dict[str, Meter]], None]
+
+
 class EpochTask(Protocol):
-    def run_epoch(self, epoch: int) -> dict[str, float]: ...
+    def begin_epoch(self, epoch: int) -> list[Phase]: ...
+    def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class NonFinite(Exception):
+    """Raised by a step whose loss or gradient is not finite."""
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second SIGINT aborts)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _params_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def fit(
@@ -269,33 +335,67 @@ def fit(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     extra: dict | None = None,
+    show_progress: bool = False,
+    resume_hint: str = "--resume",
 ) -> list[dict]:
-    """Run epochs [start, epochs), checkpointing after each; returns all metrics rows.
+    """Run epochs [start, epochs) and return all metrics rows.
 
-    The checkpoint holds the task state, the metrics so far and the RNG states, so a resumed run
-    continues exactly where the last completed epoch left it.
+    A checkpoint (task state, metrics, RNG states, and the position inside the epoch) is written
+    atomically after every epoch and when SIGINT/SIGTERM asks to stop, so a resumed run continues
+    exactly where the last one left off. A non-finite loss stops the run (NGEError) without
+    writing a checkpoint, so the last good one stays.
     """
     ckpt_path = run.file(RunDir.CHECKPOINT)
     history: list[dict] = []
-    start = 0
+    start, cursor, saved_meters, elapsed = 0, {}, {}, 0.0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
         task.load_state_dict(ckpt["task"])
         history = list(ckpt.get("metrics", []))
         set_rng_state(ckpt["rng"])
         start = int(ckpt["epoch"])
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        row = {"epoch": epoch + 1, **task.run_epoch(epoch)}
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(row)
-        save_checkpoint(
-            {"epoch": epoch + 1, "task": task.state_dict(), "metrics": history, "rng": rng_state(), **(extra or {})},
-            ckpt_path,
-        )
-        run.write_jsonl("metrics.jsonl", history)
-        if log:
-            log(_format_row(row, epochs))
+        cursor, saved_meters = dict(ckpt.get("cursor", {})), dict(ckpt.get("meters", {}))
+        elapsed = float(ckpt.get("elapsed", 0.0))
+
+    def checkpoint(epoch: int, **inside) -> None:
+        state = task.state_dict()
+        if not _params_finite(state):
+            raise NGEError(f"non-finite weights after epoch {epoch + 1}; the last good checkpoint in {run.path} is kept")
+        save_checkpoint({"epoch": epoch, "task": state, "metrics": history, "rng": rng_state(), **inside,
+                         **(extra or {})}, ckpt_path)
+
+    with _StopSignals() as stop:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter() - elapsed
+            phases = task.begin_epoch(epoch)
+            meters: dict[str, Meter] = defaultdict(Meter)
+            for name, m in saved_meters.items():
+                meters[name].load_state_dict(m)
+            for p in phases:
+                done = cursor.get(p.name, 0)
+                desc = f"epoch {epoch + 1}/{epochs} {p.name}"
+                for i, batch in enumerate(progress(p.batches, p.total, desc, show_progress)):
+                    if i < done:
+                        continue  # replayed for its random numbers; done before the interruption
+                    try:
+                        p.step(batch, meters)
+                    except NonFinite as e:
+                        raise NGEError(f"non-finite {e} at epoch {epoch + 1}, {p.name} step {i + 1}; the last good "
+                                       f"checkpoint in {run.path} is kept (runtime.nonfinite=skip skips such steps)") from None
+                    cursor[p.name] = i + 1
+                    if stop.received:
+                        checkpoint(epoch, cursor=cursor, meters={k: m.state_dict() for k, m in meters.items()},
+                                   elapsed=time.perf_counter() - t0)
+                        raise NGEError(f"stopped by {stop.received} at epoch {epoch + 1}, {p.name} step {i + 1}; "
+                                       f"checkpoint saved, continue with {resume_hint}")
+            row = {"epoch": epoch + 1, **task.end_epoch(epoch, meters)}
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            cursor, saved_meters, elapsed = {}, {}, 0.0
+            checkpoint(epoch + 1)
+            run.write_jsonl("metrics.jsonl", history)
+            if log:
+                log(_format_row(row, epochs))
     return history
 
 

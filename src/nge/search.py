@@ -19,13 +19,13 @@ from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, spli
 from nge.derive import derive
 from nge.engine import (
     Meter,
+    Phase,
     RunDir,
     autocast,
     cosine_lr,
     count_params,
     fit,
     frozen,
-    progress,
     resolve_device,
     set_lr,
     setup_runtime,
@@ -51,6 +51,8 @@ class SearchTask:
             self.net = self.net.to(memory_format=torch.channels_last)
         w, a = cfg.search.weights, cfg.search.arch
         self.w_params = list(self.net.parameters())
+        self.a_params = list(self.arch.parameters())
+        self.skip_nonfinite = cfg.runtime.nonfinite == "skip"
         self.w_opt = torch.optim.SGD(self.w_params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
         self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=a.lr, betas=(a.beta1, a.beta2),
                                       weight_decay=a.weight_decay)
@@ -76,8 +78,8 @@ class SearchTask:
         self.net.train()
         logits = self._forward(x, probs.detach())
         loss = F.cross_entropy(logits.float(), y)
-        sgd_step(loss, self.w_opt, self.w_params, self.cfg.search.weights.grad_clip)
-        meter.update(loss, logits, y)
+        if sgd_step(loss, self.w_opt, self.w_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+            meter.update(loss, logits, y)
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
         """Update the parameterisation on a validation batch; w is frozen (first order)."""
@@ -85,36 +87,39 @@ class SearchTask:
         with frozen(self.net):
             logits = self._forward(x, self.arch())
             loss = F.cross_entropy(logits.float(), y)
-            self.a_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.a_opt.step()
-        meter.update(loss, logits, y)
+            if sgd_step(loss, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
+                meter.update(loss, logits, y)
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
-        s, show = self.cfg.search, self.cfg.runtime.progress
-        lr = cosine_lr(s.weights.lr, s.weights.lr_min, epoch, s.epochs)
-        set_lr(self.w_opt, lr)
+    def begin_epoch(self, epoch: int) -> list[Phase]:
+        s = self.cfg.search
+        self.lr = cosine_lr(s.weights.lr, s.weights.lr_min, epoch, s.epochs)
+        set_lr(self.w_opt, self.lr)
         self.train_loader.set_epoch(epoch)
         self.val_loader.set_epoch(epoch)
-        train_m, val_m = Meter(), Meter()
-        tag = f"epoch {epoch + 1}/{s.epochs}"
         if s.alternation == "epoch":
+            # P is computed once; the embedding does not change during the weight phase, so a
+            # resumed epoch recomputes the same P.
             with torch.no_grad():
                 probs = self.arch().detach()
-            for x, y in progress(self.train_loader, len(self.train_loader), f"{tag} weights", show):
-                self.weight_step(x, y, probs, train_m)
-            for x, y in progress(self.val_loader, len(self.val_loader), f"{tag} embedding", show):
-                self.arch_step(x, y, val_m)
-        else:
-            pairs = zip(self.train_loader, self.val_loader, strict=False)
-            n = min(len(self.train_loader), len(self.val_loader))
-            for (xt, yt), (xv, yv) in progress(pairs, n, f"{tag} alternating", show):
-                self.arch_step(xv, yv, val_m)
-                with torch.no_grad():
-                    probs = self.arch().detach()
-                self.weight_step(xt, yt, probs, train_m)
+            return [
+                Phase("weights", self.train_loader, len(self.train_loader),
+                      lambda b, m: self.weight_step(*b, probs, m["train"])),
+                Phase("embedding", self.val_loader, len(self.val_loader), lambda b, m: self.arch_step(*b, m["val"])),
+            ]
+
+        def alternate(batch, meters: dict[str, Meter]) -> None:
+            (xt, yt), (xv, yv) = batch
+            self.arch_step(xv, yv, meters["val"])
+            with torch.no_grad():
+                probs = self.arch().detach()
+            self.weight_step(xt, yt, probs, meters["train"])
+
+        n = min(len(self.train_loader), len(self.val_loader))
+        return [Phase("alternating", zip(self.train_loader, self.val_loader, strict=False), n, alternate)]
+
+    def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         self.p_history.append(self.probs())
-        return {**train_m.result("train"), **val_m.result("val"), "lr": lr}
+        return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr}
 
     def state_dict(self) -> dict:
         return {
@@ -152,7 +157,8 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     params, arch_params = count_params(task.net), count_params(task.arch)
     log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
         f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}; -> {run.path}")
-    metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)})
+    metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)},
+                  show_progress=cfg.runtime.progress, resume_hint=f"nge search --resume --out {run.path} ...")
     genotype = task.genotype()
     genotype.save(run.file("genotype.json"))
     run.write_jsonl("probs.jsonl", [

@@ -18,12 +18,12 @@ from nge.config import TrainRunConfig, to_dict, to_yaml, validate_train
 from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset
 from nge.engine import (
     Meter,
+    Phase,
     RunDir,
     autocast,
     cosine_lr,
     evaluate,
     fit,
-    progress,
     resolve_device,
     save_checkpoint,
     set_lr,
@@ -88,20 +88,23 @@ class TrainTask:
             loss = loss + self.cfg.model.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=smoothing)
         return loss, logits
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
-        t, show = self.cfg.train, self.cfg.runtime.progress
-        lr = cosine_lr(t.lr, t.lr_min, epoch, t.epochs)
-        set_lr(self.opt, lr)
-        drop = self.cfg.model.drop_path * epoch / t.epochs
-        self.net.set_drop_path(drop)
-        self.train_loader.set_epoch(epoch)
-        meter = Meter()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
         self.net.train()
-        for x, y in progress(self.train_loader, len(self.train_loader), f"epoch {epoch + 1}/{t.epochs} train", show):
-            loss, logits = self.loss(x, y)
-            sgd_step(loss, self.opt, self.params, t.grad_clip)
+        loss, logits = self.loss(x, y)
+        if sgd_step(loss, self.opt, self.params, self.cfg.train.grad_clip, self.cfg.runtime.nonfinite == "skip"):
             meter.update(loss, logits, y)
-        return {**meter.result("train"), **self.test(), "lr": lr, "drop_path": drop}
+
+    def begin_epoch(self, epoch: int) -> list[Phase]:
+        t = self.cfg.train
+        self.lr = cosine_lr(t.lr, t.lr_min, epoch, t.epochs)
+        set_lr(self.opt, self.lr)
+        self.drop = self.cfg.model.drop_path * epoch / t.epochs
+        self.net.set_drop_path(self.drop)
+        self.train_loader.set_epoch(epoch)
+        return [Phase("train", self.train_loader, len(self.train_loader), lambda b, m: self.train_step(*b, m["train"]))]
+
+    def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
+        return {**meters["train"].result("train"), **self.test(), "lr": self.lr, "drop_path": self.drop}
 
     def test(self) -> dict[str, float]:
         self.net.eval()
@@ -148,7 +151,8 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
         f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}; -> {run.path}")
     meta = {"config": to_dict(cfg), "genotype": genotype.to_dict(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
-    metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta)
+    metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
+                  resume_hint=f"nge train --genotype {genotype_spec} --resume --out {run.path} ...")
     save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, **meta}, run.file("model.pt"))
     viz.plot_curves(metrics, run.file("curves.png"))
     summary = {
