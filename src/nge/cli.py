@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except NGEError as e:
-        print(f"nge: error: {e}", file=sys.stderr)
+        print(f"nge: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("nge: interrupted", file=sys.stderr)

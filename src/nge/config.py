@@ -11,6 +11,7 @@ from enum import Enum
 from importlib import resources
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -141,7 +142,7 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -
     OmegaConf.set_struct(base, True)
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise NGEError(f"override '{item}' is not KEY=VALUE (e.g. search.epochs=10)")
+            raise NGEError(f"override {item!r} is not KEY=VALUE (e.g. search.epochs=10)")
     try:
         cfg = OmegaConf.merge(base, OmegaConf.create(text), {"preset": preset})
         if overrides:
@@ -149,6 +150,8 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise NGEError(f"bad configuration: {_one_line(e)}") from None
+    except yaml.YAMLError as e:  # an override value that is not valid YAML
+        raise NGEError(f"bad configuration: cannot parse {overrides!r} ({str(e).splitlines()[0]})") from None
 
 
 def to_dict(cfg: Any) -> dict:

@@ -211,8 +211,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or holds objects weights_only refuses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NGEError(f"{path} is not a readable nge checkpoint ({first[:200]})") from None
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise NGEError(f"{path} is not a readable nge checkpoint ({first[:160]})") from None
     if not isinstance(obj, dict) or "epoch" not in obj or "task" not in obj:
         raise NGEError(f"{path} is not an nge checkpoint (missing epoch/task)")
     return obj
@@ -250,6 +250,7 @@ class RunDir:
         if resume:
             if not (path / RunDir.CHECKPOINT).is_file():
                 raise NGEError(f"cannot resume: no {RunDir.CHECKPOINT} in {path}")
+            load_checkpoint(path / RunDir.CHECKPOINT)  # a broken checkpoint fails here, before any work
         elif exists and not force:
             raise NGEError(f"run directory {path} already exists: use --resume to continue it or --force to replace it")
 

@@ -1,0 +1,233 @@
+"""Crash safety and hostile input: kills at random points, signals, non-finite losses, junk files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nge.config import SearchRunConfig, TrainRunConfig, load_config
+from nge.data import make_synthetic
+from nge.engine import RunDir, fit, load_checkpoint
+from nge.errors import NGEError
+from nge.genotypes import BUILTIN_GENOTYPES
+from nge.space import Genotype
+from nge.train import TrainTask
+
+# Small but long enough (several seconds) to be killed mid-run.
+SEARCH = ["search", "--preset", "smoke", "runtime.progress=false", "search.epochs=4",
+          "data.synthetic.n_train=160", "runtime.threads=1"]
+TRAIN = ["train", "--genotype", "DARTS_V2", "--preset", "smoke", "runtime.progress=false", "train.epochs=4",
+         "data.synthetic.n_train=160", "runtime.threads=1"]
+
+
+def start(args: list[str], out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nge", *args, "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(args: list[str], out: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = start(args, out, *extra)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def outcome(out: Path) -> dict:
+    """What must match between an interrupted-and-resumed run and an uninterrupted one."""
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    result = {"metrics": [{k: v for k, v in r.items() if k != "seconds"} for r in rows]}
+    if (out / "probs.jsonl").exists():
+        result["probs"] = (out / "probs.jsonl").read_text()
+        result["genotype"] = (out / "genotype.json").read_text()
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("ref")
+    refs = {}
+    for name, args in (("search", SEARCH), ("train", TRAIN)):
+        t0 = time.perf_counter()
+        proc = finish(args, base / name)
+        assert proc.returncode == 0, proc.stderr
+        refs[name] = (outcome(base / name), time.perf_counter() - t0)
+    return refs
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_sigkill_at_random_points_then_resume_gives_the_same_result(tmp_path, reference, kind):
+    """Kill -9 at three random instants (seeded); resume each time; the result is identical.
+
+    Everything is compared exactly: on CPU with a fixed seed the resumed run replays the same
+    random numbers (loader order and augmentation per epoch, RNG states in the checkpoint)."""
+    args = SEARCH if kind == "search" else TRAIN
+    want, duration = reference[kind]
+    rng = random.Random(1234 + len(kind))
+    out = tmp_path / "run"
+    kills = 0
+    for point in sorted(rng.uniform(0.3, 0.9) * duration for _ in range(3)):
+        resume = ["--resume"] if (out / "checkpoint.pt").exists() else ["--force"]
+        proc = start(args, out, *resume)
+        time.sleep(point if resume == ["--force"] else point / 3)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=300)
+    resume = ["--resume"] if (out / "checkpoint.pt").exists() else ["--force"]
+    proc = finish(args, out, *resume)
+    assert proc.returncode == 0, proc.stderr
+    assert kills >= 1
+    assert outcome(out) == want
+    assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in out.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, reference, kind):
+    args = SEARCH if kind == "search" else TRAIN
+    out = tmp_path / "run"
+    proc = start(args, out)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # after epoch 1
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived")
+    lines = stderr.strip().splitlines()
+    assert "SIGTERM" in lines[-1] and "--resume" in lines[-1] and "Traceback" not in stderr
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["cursor"], "a mid-epoch checkpoint records its position"
+    proc = finish(args, out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert outcome(out) == reference[kind][0]
+
+
+def tiny_train(*overrides: str) -> TrainTask:
+    cfg = load_config(TrainRunConfig, "train", "smoke", ["runtime.progress=false", *overrides])
+    torch.manual_seed(0)
+    data = make_synthetic(n_train=48, n_test=16, num_classes=4, channels=3, size=12)
+    return TrainTask(cfg, BUILTIN_GENOTYPES["DARTS_V2"], data, torch.device("cpu"))
+
+
+def poison(task: TrainTask, at_call: int) -> None:
+    """Make the loss NaN at one call of the training loss."""
+    real, calls = task.loss, {"n": 0}
+
+    def loss(x, y):
+        calls["n"] += 1
+        value, logits = real(x, y)
+        return (value * float("nan"), logits) if calls["n"] == at_call else (value, logits)
+
+    task.loss = loss
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    task = tiny_train("train.epochs=3")
+    per_epoch = len(task.train_loader)
+    poison(task, per_epoch + 2)  # epoch 2, step 2
+    run = RunDir.create(tmp_path / "run", False, False)
+    with pytest.raises(NGEError) as e:
+        fit(task, 3, run)
+    assert "epoch 2" in str(e.value) and "step 2" in str(e.value) and "non-finite loss" in str(e.value)
+    ckpt = load_checkpoint(run.file("checkpoint.pt"))
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["task"]["net"].values() if v.is_floating_point())
+
+
+def test_nan_loss_is_skipped_when_asked(tmp_path):
+    task = tiny_train("train.epochs=2", "runtime.nonfinite=skip")
+    poison(task, 2)
+    rows = fit(task, 2, RunDir.create(tmp_path / "run", False, False))
+    assert len(rows) == 2
+    assert all(torch.isfinite(p).all() for p in task.net.parameters())
+
+
+def test_truncated_or_foreign_checkpoint_is_a_one_line_error(tmp_path):
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "nge", *SEARCH[:4], "search.epochs=1", "--out", str(out)]
+    assert subprocess.run(cli, capture_output=True, timeout=300).returncode == 0
+    ckpt = out / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    for content in (data[: len(data) // 2], b"garbage", b""):
+        ckpt.write_bytes(content)
+        proc = subprocess.run([*cli, "--resume"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        assert len(proc.stderr.strip().splitlines()) == 1 and "checkpoint" in proc.stderr, proc.stderr
+    torch.save({"epoch": 1, "task": {}, "evil": Genotype}, ckpt)  # a class reference: refused by weights_only
+    with pytest.raises(NGEError, match="not a readable nge checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def test_bad_genotype_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "g.json"
+    for text in ('{"normal": [["sep_conv_3x3", 0]]', '{"normal": 5}', "\x00\x01", "[]"):
+        bad.write_text(text)
+        proc = subprocess.run([sys.executable, "-m", "nge", "train", "--genotype", str(bad), "--preset", "smoke",
+                               "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "g.json" in proc.stderr
+        assert not (tmp_path / "t").exists()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=True) | st.text(max_size=15)
+    | st.sampled_from(["sep_conv_3x3", "skip_connect", "none"]),
+    lambda children: st.lists(children, max_size=9) | st.dictionaries(
+        st.sampled_from(["normal", "normal_concat", "reduce", "reduce_concat", "x"]), children, max_size=5),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_genotype_loader_accepts_only_valid_genotypes(value):
+    try:
+        g = Genotype.from_dict(value)
+    except NGEError as e:
+        assert "\n" not in str(e)
+        return
+    assert Genotype.from_json(g.to_json()) == g
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(max_size=30), max_size=3))
+def test_config_overrides_with_junk_give_config_or_one_line_error(items):
+    for schema, kind in ((SearchRunConfig, "search"), (TrainRunConfig, "train")):
+        try:
+            load_config(schema, kind, "smoke", items)
+        except NGEError as e:
+            assert "\n" not in str(e)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200))
+def test_idx_reader_rejects_junk_with_a_message_naming_the_file(tmp_path_factory, blob):
+    from nge.data import read_idx
+
+    path = tmp_path_factory.mktemp("idx") / "junk-idx"
+    path.write_bytes(blob)
+    try:
+        read_idx(path)
+    except NGEError as e:
+        assert "junk-idx" in str(e)
+
+
+def test_run_directory_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    for resume in (False, True):
+        with pytest.raises(NGEError, match="--resume|cannot resume"):
+            RunDir.check(out, force=False, resume=resume)
+    assert (out / "keep").exists()
+    assert os.listdir(out) == ["keep"]
