@@ -46,13 +46,30 @@ def test_smoke_search_end_to_end(tmp_path, capsys):
 def test_existing_run_directory_is_refused_then_forced(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "precious.txt").write_text("keep me")
+    (out / "config.yaml").write_text("old run")
     assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--force" in err
-    assert (out / "precious.txt").read_text() == "keep me"
+    assert (out / "config.yaml").read_text() == "old run"
     assert main(["search", "--preset", "smoke", "--out", str(out), "--force", *SMOKE, "search.epochs=1"]) == 0
-    assert not (out / "precious.txt").exists() and (out / "genotype.json").exists()
+    assert (out / "genotype.json").exists() and "old run" not in (out / "config.yaml").read_text()
+
+
+def test_force_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["search", "--preset", "smoke", "--out", str(tmp_path), "--force", *SMOKE]) == 2
+    assert "does not look like an nge run directory" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_with_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE, "search.epochs=1"]) == 0
+    assert main(["search", "--preset", "smoke", "--out", str(out), "--resume", *SMOKE, "search.epochs=2",
+                 "model.C=6"]) == 2
+    assert "model.C" in capsys.readouterr().err
+    assert main(["search", "--preset", "quick", "--out", str(out), "--resume", *SMOKE]) == 2
+    assert "cannot resume" in capsys.readouterr().err
 
 
 def test_resume_continues_a_shorter_run(tmp_path):

@@ -77,6 +77,7 @@ def test_genotype_json_round_trip(tmp_path):
         ({"reduce_concat": [2, 2]}, "distinct"),
         ({"reduce_concat": [1, 2]}, "distinct node indices"),
         ({"normal": [["sep_conv_3x3", True]] + GOOD["normal"][1:]}, "[op_name, input_index]"),
+        ({"normal": [["sep_conv_3x3", 1], ["sep_conv_3x3", 1]] + GOOD["normal"][2:]}, "must differ"),
     ],
 )
 def test_genotype_validation_names_the_problem(patch, fragment):

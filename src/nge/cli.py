@@ -38,6 +38,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from nge.ablate import run_ablation
+    from nge.config import AblateConfig, load_config
+    from nge.engine import default_run_dir
+
+    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    acfg = load_config(AblateConfig, "ablate", args.preset, extra)
+    out = Path(args.out) if args.out else default_run_dir("ablate", args.preset)
+    run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log)
+    print((out / "ablation.md").read_text(), end="")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     """A search preset's supernet, or (with --genotype) a training preset's evaluation network."""
     import torch
@@ -125,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
 
+    a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")
+    a.add_argument("--preset", default="quick", help="ablation preset (default: quick)")
+    a.add_argument("--seeds", type=int, help="seeds per parameterisation (default: the preset's)")
+    a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
+    a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
+    a.add_argument("--resume", action="store_true", help="continue: skip finished runs, resume an interrupted one")
+    a.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="overrides for every search and training run, e.g. data.root=DIR")
+    a.set_defaults(func=cmd_ablate)
+
     f = sub.add_parser("profile", help="parameter and multiply-add counts of a preset's network")
     f.add_argument("--preset", required=True,
                    help="a search preset, or with --genotype a training preset")
@@ -142,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NGEError as e:
         print(f"nge: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
+        return 2
+    except OSError as e:  # unwritable output, disk full, ...
+        print(f"nge: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nge: interrupted", file=sys.stderr)

@@ -179,7 +179,7 @@ def validate_data(d: DataConfig) -> None:
 
 def validate_runtime(r: RuntimeConfig) -> None:
     _check(r.threads is None or r.threads >= 1, f"runtime.threads must be >= 1 or null, got {r.threads}")
-    _check(r.seed >= 0, f"runtime.seed must be >= 0, got {r.seed}")
+    _check(0 <= r.seed < 2**31, f"runtime.seed must be in [0, 2^31), got {r.seed}")
 
 
 def validate_search(cfg: SearchRunConfig) -> None:
@@ -243,3 +243,16 @@ def validate_train(cfg: TrainRunConfig) -> None:
     _check(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
     _check(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
     _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+
+
+@dataclass
+class AblateConfig:
+    """The Table 4 protocol: one search per (param, seed), each genotype trained with each preset."""
+
+    preset: str = MISSING
+    params: list[str] = field(default_factory=lambda: ["darts", "plain", "rnn", "nge"])
+    seeds: int = 1
+    search_preset: str = "quick"
+    search_overrides: list[str] = field(default_factory=list)
+    train_presets: list[str] = field(default_factory=lambda: ["quick"])
+    train_overrides: list[str] = field(default_factory=list)

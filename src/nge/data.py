@@ -8,8 +8,10 @@ that admits only the plain types the format uses.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise NGEError(f"cannot read idx file {path}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 4:
         raise NGEError(f"{path} is not an idx file of unsigned bytes (bad magic number)")
@@ -75,7 +77,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise NGEError(f"{path} is truncated (header cut short)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     if len(raw) - header != n:
         raise NGEError(f"{path} holds {len(raw) - header} data bytes, its header promises {n} (truncated or corrupt)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
@@ -138,13 +140,13 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
         raise NGEError(f"{path} is not a valid CIFAR batch ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):
         raise NGEError(f"{path} is not a valid CIFAR batch (not a dict)")
-    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    d = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in d.items()}
     data, labels = d.get("data"), d.get(label_key.decode())
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise NGEError(f"{path} is not a valid CIFAR batch ('data' must be a uint8 array of N x 3072)")
     try:
         labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise NGEError(f"{path} is not a valid CIFAR batch (bad '{label_key.decode()}')") from None
     if labels.shape != (data.shape[0],):
         raise NGEError(f"{path} is not a valid CIFAR batch ({len(data)} images, labels shape {labels.shape})")

@@ -250,16 +250,19 @@ class RunDir:
         if resume:
             if not (path / RunDir.CHECKPOINT).is_file():
                 raise NGEError(f"cannot resume: no {RunDir.CHECKPOINT} in {path}")
-            load_checkpoint(path / RunDir.CHECKPOINT)  # a broken checkpoint fails here, before any work
         elif exists and not force:
             raise NGEError(f"run directory {path} already exists: use --resume to continue it or --force to replace it")
+
+    MARKERS = ("config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json", "ablation.yaml")
 
     @classmethod
     def create(cls, path: Path, force: bool, resume: bool) -> RunDir:
         cls.check(path, force, resume)
         path = Path(path)
         if force and path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if not path.is_dir() or not any((path / m).exists() for m in cls.MARKERS) and any(path.iterdir()):
+                raise NGEError(f"--force refuses to delete {path}: it does not look like an nge run directory")
+            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -325,8 +328,38 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def _params_finite(state: dict) -> bool:
-    return all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+def _all_finite(state: Any) -> bool:
+    """True if every floating-point tensor in a nested state (dicts, lists) is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(_all_finite(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(_all_finite(v) for v in state)
+    return True
+
+
+def check_resume(path: Path, current: dict, may_differ: tuple[str, ...]) -> None:
+    """Before any work: the run's checkpoint must load and its configuration match `current`."""
+    ckpt = load_checkpoint(Path(path) / RunDir.CHECKPOINT)
+    check_resume_config(ckpt.get("config", {}), current, may_differ)
+
+
+def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...]) -> None:
+    """A run resumes only with the configuration it started with (`may_differ` keys excepted)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    differ = sorted(k for k in set(a) | set(b)
+                    if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in may_differ))
+    if differ:
+        raise NGEError(f"cannot resume: the configuration differs from the run's in {', '.join(differ[:6])} "
+                       "(resume with the same preset and overrides)")
 
 
 def fit(
@@ -351,7 +384,13 @@ def fit(
     start, cursor, saved_meters, elapsed = 0, {}, {}, 0.0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
-        task.load_state_dict(ckpt["task"])
+        if int(ckpt["epoch"]) > epochs or (int(ckpt["epoch"]) == epochs and ckpt.get("cursor")):
+            raise NGEError(f"cannot resume: the checkpoint is past epoch {epochs}; ask for more epochs")
+        try:
+            task.load_state_dict(ckpt["task"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise NGEError(f"cannot resume from {ckpt_path}: it does not fit this run ({first})") from None
         history = list(ckpt.get("metrics", []))
         set_rng_state(ckpt["rng"])
         start = int(ckpt["epoch"])
@@ -360,8 +399,9 @@ def fit(
 
     def checkpoint(epoch: int, **inside) -> None:
         state = task.state_dict()
-        if not _params_finite(state):
-            raise NGEError(f"non-finite weights after epoch {epoch + 1}; the last good checkpoint in {run.path} is kept")
+        if not _all_finite(state):
+            raise NGEError(f"non-finite weights or statistics in epoch {epoch + 1}; not checkpointed, the last good "
+                           f"checkpoint in {run.path} is kept")
         save_checkpoint({"epoch": epoch, "task": state, "metrics": history, "rng": rng_state(), **inside,
                          **(extra or {})}, ckpt_path)
 
@@ -397,6 +437,9 @@ def fit(
             run.write_jsonl("metrics.jsonl", history)
             if log:
                 log(_format_row(row, epochs))
+            if stop.received and epoch + 1 < epochs:
+                raise NGEError(f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint saved, "
+                               f"continue with {resume_hint}")
     return history
 
 

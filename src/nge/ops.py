@@ -97,10 +97,6 @@ OPS: dict[str, OpFactory] = {
 }
 
 
-def is_parameter_free(op: nn.Module) -> bool:
-    return not any(True for _ in op.parameters())
-
-
 class Preprocess(nn.Module):
     """Brings the two cell inputs to C channels and the same resolution (DARTS cell preprocessing).
 

@@ -22,6 +22,7 @@ from nge.engine import (
     Phase,
     RunDir,
     autocast,
+    check_resume,
     cosine_lr,
     count_params,
     fit,
@@ -147,6 +148,8 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     """Validate, read data, search, derive, write the run directory. Returns the summary."""
     validate_search(cfg)
     RunDir.check(out, force, resume)
+    if resume:
+        check_resume(out, to_dict(cfg), ("search.epochs", "runtime"))
     device = resolve_device(cfg.runtime.device)
     setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
     d = cfg.data
@@ -160,7 +163,7 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)},
                   show_progress=cfg.runtime.progress, resume_hint=f"nge search --resume --out {run.path} ...")
     genotype = task.genotype()
-    genotype.save(run.file("genotype.json"))
+    run.write_text("genotype.json", genotype.to_json() + "\n")
     run.write_jsonl("probs.jsonl", [
         {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
     ])

@@ -165,6 +165,8 @@ def _validate_cell(name: str, cell: object, topology: Topology) -> CellGenotype:
             raise NGEError(f"genotype '{name}' entry {k}: unknown op '{op}' (known: {', '.join(PRIMITIVES)})")
         if not 0 <= src < node:
             raise NGEError(f"genotype '{name}' entry {k}: input {src} out of range for node {node} (0..{node - 1})")
+        if k % 2 and pairs[-1][1] == src:
+            raise NGEError(f"genotype '{name}' node {node}: its two inputs must differ, both are {src}")
         pairs.append((op, src))
     return tuple(pairs)
 

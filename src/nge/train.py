@@ -21,6 +21,7 @@ from nge.engine import (
     Phase,
     RunDir,
     autocast,
+    check_resume,
     cosine_lr,
     evaluate,
     fit,
@@ -135,6 +136,7 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
     genotype = resolve_genotype(genotype_spec)
     RunDir.check(out, force, resume)
     if resume:
+        check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
         saved = Genotype.load(Path(out) / "genotype.json")
         if saved != genotype:
             raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
@@ -145,7 +147,7 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
     task = TrainTask(cfg, genotype, data, device)
     run = RunDir.create(out, force, resume)
     run.write_text("config.yaml", to_yaml(cfg))
-    genotype.save(run.file("genotype.json"))
+    run.write_text("genotype.json", genotype.to_json() + "\n")
     prof = profile_network(task.net, data.in_channels, data.image_size)
     log(f"nge train: {describe(data)}; training on {len(task.train_loader.x)} images; "
         f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}; -> {run.path}")

@@ -27,7 +27,7 @@ def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = D
     """Inputs c_{k-2}, c_{k-1} on the left, intermediate nodes 0..n-1, output c_{k} on the right;
     each kept edge drawn as an arrow labelled with its op."""
     n_in, n = topology.n_inputs, topology.n_nodes
-    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    pos = {0: (-0.8, 0.9), 1: (-0.8, -0.9)}
     for k in range(n):
         pos[n_in + k] = (1.0 + k, 1.2 if k % 2 == 0 else -1.2)
     out = n_in + n
@@ -54,7 +54,7 @@ def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = D
         colour = "#a6d96a" if node < n_in else ("#fdae61" if node == out else "#abd9e9")
         ax.text(x, y, labels[node], ha="center", va="center", fontsize=10,
                 bbox=dict(boxstyle="round,pad=0.4", fc=colour, ec="black"))
-    ax.set_xlim(-0.7, n + 1.9)
+    ax.set_xlim(-1.5, n + 1.9)
     ax.set_ylim(-2.1, 2.1)
     ax.set_title(title)
     ax.axis("off")
@@ -104,6 +104,33 @@ def plot_curves(metrics: Sequence[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ablation(rows: Sequence[dict], params: Sequence[str], train_presets: Sequence[str], path: Path,
+                  labels: dict[str, str]) -> None:
+    """Grouped bars (mean, with min-max whiskers over seeds): search val acc and test acc per parameterisation."""
+    import numpy as np
+
+    series = [("search val", "search_val_acc")] + [(f"test ({tp})", f"test_acc[{tp}]") for tp in train_presets]
+    present = [p for p in params if any(r["param"] == p for r in rows)]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(present), 4))
+    for s, (name, key) in enumerate(series):
+        vals = [[100 * r[key] for r in rows if r["param"] == p] for p in present]
+        means = np.array([np.mean(v) for v in vals])
+        err = np.array([[m - min(v), max(v) - m] for m, v in zip(means, vals, strict=True)]).T
+        x = np.arange(len(present)) + (s - (len(series) - 1) / 2) * width
+        bars = ax.bar(x, means, width, yerr=err, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(present)), [labels.get(p, p) for p in present])
+    ax.set_ylabel("accuracy (%)")
+    lo = min(100 * r[k] for r in rows for _, k in series)
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,64 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from nge.arch import ARCH_PARAMS
+from nge.cli import main
+
+QUIET = ["runtime.progress=false", "runtime.threads=1"]
+
+
+def test_registry_lists_all_four():
+    assert list(ARCH_PARAMS) == ["nge", "darts", "plain", "rnn"]
+
+
+@pytest.mark.parametrize("param", ["darts", "plain", "rnn"])
+def test_every_param_drives_a_search(tmp_path, param):
+    out = tmp_path / param
+    assert main(["search", "--preset", "smoke", "--out", str(out), *QUIET, "search.epochs=1",
+                 f"search.param={param}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["param"] == param and summary["arch_params"] == sum(
+        p.numel() for p in ARCH_PARAMS[param]().parameters())
+    probs = [json.loads(x) for x in (out / "probs.jsonl").read_text().splitlines()]
+    assert probs[0]["normal"] != probs[-1]["normal"]  # the embedding phase moved P
+    assert torch.allclose(torch.tensor(probs[-1]["normal"]).sum(1), torch.ones(14))
+
+
+def test_smoke_ablation_writes_a_table_and_resumes(tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert main(["ablate", "--preset", "smoke", "--out", str(out), *QUIET]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "ablation.md").read_text()
+    assert printed == table
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| Model | Search val acc (%) | Test acc (%), smoke |")
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["Baseline (DARTS)", "Plain", "RNN", "NGE"]
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert [r["param"] for r in rows] == ["darts", "plain", "rnn", "nge"]
+    for r in rows:
+        assert 0 <= float(r["search_val_acc"]) <= 1 and 0 <= float(r["test_acc[smoke]"]) <= 1
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    # a killed ablation: drop the last training run's results, keep its checkpoint; resume redoes only that
+    last = out / "nge-seed0" / "train-smoke"
+    (last / "summary.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*-seed0/search/summary.json")}
+    assert main(["ablate", "--preset", "smoke", "--out", str(out), "--resume", *QUIET]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*-seed0/search/summary.json")} == before
+    assert (last / "summary.json").exists()
+    assert list(csv.DictReader((out / "ablation.csv").open())) == rows
+
+
+def test_ablation_refuses_existing_dir_and_bad_params(tmp_path, capsys):
+    out = tmp_path / "abl"
+    out.mkdir()
+    (out / "x").write_text("x")
+    assert main(["ablate", "--preset", "smoke", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["ablate", "--preset", "smoke", "--seeds", "0", "--out", str(tmp_path / "n")]) == 2
+    assert "seeds must be >= 1" in capsys.readouterr().err
+    assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "n"), "search.epochs=2"]) == 2
+    assert "search" in capsys.readouterr().err  # a key only search has cannot go to every run
+    assert not (tmp_path / "n").exists()
