@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from nge.config import SearchRunConfig, load_config
-from nge.data import make_synthetic
+from nge.config import SearchRunConfig, load_config, to_dict
+from nge.data import input_shape, make_synthetic
 from nge.engine import Meter
 from nge.search import SearchTask
 
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(SearchRunConfig, "search", args.preset,
                       [f"data.batch_size={args.batch}", f"runtime.channels_last={args.channels_last}"])
-    shape = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion_mnist": (1, 28, 10)}.get(cfg.data.name, (3, 32, 10))
+    shape = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
     data = make_synthetic(n_train=args.batch * (args.steps + 1) * 2, n_test=1, num_classes=shape[2],
                           channels=shape[0], size=shape[1])
     torch.manual_seed(0)

@@ -99,11 +99,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _input_shape(cfg) -> tuple[int, int, int]:
-    """(channels, size, classes) of the preset's data, known without reading it."""
-    d = cfg.data
-    if d.name == "synthetic":
-        return d.synthetic.channels, d.synthetic.size, d.synthetic.num_classes
-    return {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}[d.name]
+    from nge.config import to_dict
+    from nge.data import input_shape
+
+    return input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
 
 
 class _Parser(argparse.ArgumentParser):

@@ -212,6 +212,17 @@ def make_synthetic(
     return Dataset("synthetic", draw(n_train), draw(n_test), num_classes, (0.5,) * channels, (0.3,) * channels)
 
 
+_SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
+
+
+def input_shape(name: str, synthetic: dict | None = None) -> tuple[int, int, int]:
+    """(channels, size, classes) of a data set, known without reading it."""
+    if name == "synthetic":
+        s = synthetic or {}
+        return s.get("channels", 3), s.get("size", 32), s.get("num_classes", 10)
+    return _SHAPES[name]
+
+
 def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> Dataset:
     if name == "fashion_mnist":
         return load_fashion_mnist(root)
