@@ -38,6 +38,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from nge.config import SegmentRunConfig, load_config
+    from nge.engine import default_run_dir
+    from nge.segment import run_segment
+
+    cfg = load_config(SegmentRunConfig, "segment", args.preset, args.overrides)
+    out = Path(args.out) if args.out else default_run_dir("segment", args.preset)
+    summary = run_segment(cfg, out, backbone=args.backbone, genotype=args.genotype, force=args.force,
+                          resume=args.resume, log=_log)
+    print(json.dumps({k: summary[k] for k in ("final_val_miou", "final_val_acc", "params")}))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Writes a tiny synthetic data set in a real on-disk layout (for the smoke presets)."""
+    from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
+
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()):
+        raise NGEError(f"{out} already exists and is not empty; choose a new folder")
+    if args.layout == "imagenet":
+        write_synthetic_imagefolder(out, seed=args.seed)
+    else:
+        write_synthetic_voc(out, seed=args.seed, aug=True)
+    _log(f"wrote a synthetic {args.layout} layout to {out}")
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from nge.ablate import run_ablation
     from nge.config import AblateConfig, load_config
@@ -57,16 +85,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from nge.config import load_config, to_dict
 
+    over_limit = None
     if args.genotype:
         from nge.config import TrainRunConfig, validate_train
-        from nge.train import build_network, profile_network, resolve_genotype
+        from nge.train import check_mult_adds, profile_preset, resolve_genotype
 
         cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
         validate_train(cfg)
-        channels, size, classes = _input_shape(cfg)
-        net = build_network(cfg, resolve_genotype(args.genotype), channels, classes)
         result = {"preset": args.preset, "network": "evaluation", "genotype": args.genotype,
-                  "input": [channels, size, size], **profile_network(net, channels, size), "arch_params": 0}
+                  **profile_preset(cfg, resolve_genotype(args.genotype)), "arch_params": 0}
+        channels, size, classes = result["input"][0], result["input"][1], result.pop("num_classes")
+        result["mult_adds_limit"] = cfg.model.mult_adds_limit
+        try:
+            check_mult_adds(cfg, result["mult_adds"], args.genotype)
+        except NGEError as e:
+            over_limit = str(e)
     else:
         from nge.arch import build_arch
         from nge.config import SearchRunConfig, validate_search
@@ -95,6 +128,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         if not args.genotype:
             print(f"  {'architecture params':<27} {result['arch_params']:>14,}  ({cfg.search.param})")
         print(f"  {'multiply-adds / image':<27} {result['mult_adds']:>14,}")
+    if over_limit:
+        raise NGEError(f"{over_limit}; nge train refuses this network")
     return 0
 
 
@@ -136,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("segment", help="DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012")
+    g.add_argument("--preset", default="paper-voc", help="segmentation preset (default: paper-voc)")
+    g.add_argument("--backbone", metavar="CHECKPOINT", help="model.pt of an nge train ImageNet run (its genotype is used)")
+    g.add_argument("--genotype", metavar="FILE_OR_NAME",
+                   help="without --backbone: a randomly initialised backbone of this genotype")
+    g.add_argument("--out", help="run directory (default: runs/segment-PRESET-TIME)")
+    g.add_argument("--force", action="store_true", help="replace an existing run directory")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=DIR")
+    g.set_defaults(func=cmd_segment)
+
+    y = sub.add_parser("synth", help="write a tiny synthetic data set in the ImageNet or VOC on-disk layout")
+    y.add_argument("layout", choices=["imagenet", "voc"])
+    y.add_argument("dir", help="a new folder")
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=cmd_synth)
 
     a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")
     a.add_argument("--preset", default="quick", help="ablation preset (default: quick)")

@@ -22,6 +22,7 @@ class DataName(str, Enum):
     fashion_mnist = "fashion_mnist"
     cifar10 = "cifar10"
     cifar100 = "cifar100"
+    imagenet = "imagenet"  # ImageFolder layout, decoded by DataLoader workers (training only)
     synthetic = "synthetic"
 
 
@@ -34,6 +35,11 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"  # per epoch, to lr_min after the last epoch (DARTS)
+    linear = "linear"  # per step: linear warm-up over warmup_epochs, then linear decay to 0 (Goyal et al.)
 
 
 class NonFinitePolicy(str, Enum):
@@ -61,6 +67,9 @@ class DataConfig:
     flip: bool = True
     cutout: int = 0  # cutout square side in pixels; 0 disables (evaluation training only)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    workers: int = 4  # DataLoader processes decoding images (imagenet, voc)
+    image_size: int = 224  # imagenet: training crop and test centre crop
+    resize: int = 256  # imagenet: shorter side before the test centre crop
 
 
 @dataclass
@@ -175,6 +184,8 @@ def validate_data(d: DataConfig) -> None:
     s = d.synthetic
     _check(min(s.n_train, s.n_test, s.channels, s.size) >= 1 and s.num_classes >= 2,
            "data.synthetic sizes must be positive with at least 2 classes")
+    _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
+    _check(8 <= d.image_size <= d.resize, f"data.image_size must be >= 8 and <= data.resize, got {d.image_size}, {d.resize}")
 
 
 def validate_runtime(r: RuntimeConfig) -> None:
@@ -188,6 +199,7 @@ def validate_search(cfg: SearchRunConfig) -> None:
     validate_data(cfg.data)
     validate_runtime(cfg.runtime)
     s, m = cfg.search, cfg.model
+    _check(cfg.data.name != DataName.imagenet, "search holds its data in memory; data.name=imagenet is for nge train")
     _check(s.param in ARCH_PARAMS, f"search.param '{s.param}' unknown (known: {', '.join(ARCH_PARAMS)})")
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
     _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
@@ -208,6 +220,7 @@ class EvalNetConfig:
     auxiliary: bool = True
     auxiliary_weight: float = 0.4
     drop_path: float = 0.3  # final drop-path probability, ramped linearly from 0 over the epochs
+    mult_adds_limit: int | None = None  # refuse a network above this many multiply-adds per image
 
 
 @dataclass
@@ -219,6 +232,8 @@ class TrainConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
+    schedule: Schedule = Schedule.cosine
+    warmup_epochs: int = 0  # linear schedule only
 
 
 @dataclass
@@ -243,6 +258,12 @@ def validate_train(cfg: TrainRunConfig) -> None:
     _check(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
     _check(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0")
     _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs must be in [0, train.epochs), got {t.warmup_epochs}")
+    _check(t.schedule == Schedule.linear or t.warmup_epochs == 0, "train.warmup_epochs needs train.schedule=linear")
+    _check(m.mult_adds_limit is None or m.mult_adds_limit > 0, "model.mult_adds_limit must be > 0 or null")
+    d = cfg.data
+    if d.name == DataName.imagenet:
+        _check(d.crop_pad == 0 and d.cutout == 0, "data.crop_pad and data.cutout do not apply to imagenet: set them to 0")
 
 
 @dataclass
@@ -256,3 +277,62 @@ class AblateConfig:
     search_overrides: list[str] = field(default_factory=list)
     train_presets: list[str] = field(default_factory=lambda: ["quick"])
     train_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SegDataConfig:
+    root: str | None = None  # the VOC2012 folder (JPEGImages, SegmentationClass, ImageSets/Segmentation)
+    aug: bool = False  # train on SBD's train_aug.txt with SegmentationClassAug masks (10,582 images)
+    limit: int | None = None  # use at most this many training images
+    crop: int = 513
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    batch_size: int = 16
+    workers: int = 4
+
+
+@dataclass
+class SegModelConfig:
+    C: int = 48  # backbone (ignored with --backbone: the checkpoint's network is used)
+    layers: int = 14
+    output_stride: int = 16
+    aspp_channels: int = 256
+    rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+
+
+@dataclass
+class SegTrainConfig:
+    epochs: int = 46  # 30K iterations of batch 16 over 10,582 images (DeepLabv3)
+    lr: float = 0.007
+    power: float = 0.9  # poly schedule, per step
+    momentum: float = 0.9
+    weight_decay: float = 4.0e-5
+    grad_clip: float = 0.0
+    eval_every: int = 1  # measure val mIoU every N epochs (and after the last)
+
+
+@dataclass
+class SegmentRunConfig:
+    preset: str = MISSING
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    train: SegTrainConfig = field(default_factory=SegTrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def validate_segment(cfg: SegmentRunConfig) -> None:
+    validate_runtime(cfg.runtime)
+    d, m, t = cfg.data, cfg.model, cfg.train
+    _check(d.root is not None, "data.root must name the VOC2012 folder (JPEGImages, SegmentationClass, ImageSets)")
+    _check(d.batch_size >= 2, f"data.batch_size must be >= 2 (batch norm in the image-pooling branch), got {d.batch_size}")
+    _check(d.crop >= 16 and d.workers >= 0, "data.crop must be >= 16 and data.workers >= 0")
+    _check(0 < d.scale_min <= d.scale_max, f"need 0 < data.scale_min <= data.scale_max, got {d.scale_min}, {d.scale_max}")
+    _check(d.limit is None or d.limit >= 1, f"data.limit must be >= 1 or null, got {d.limit}")
+    _check(m.C >= 2 and m.C % 2 == 0 and m.layers >= 3, "model.C must be even and >= 2, model.layers >= 3")
+    _check(m.output_stride in (8, 16, 32), f"model.output_stride must be 8, 16 or 32, got {m.output_stride}")
+    _check(m.aspp_channels >= 1 and len(m.rates) >= 1 and min(m.rates) >= 1,
+           "model.aspp_channels and model.rates must be positive")
+    _check(t.epochs >= 1 and t.eval_every >= 1, "train.epochs and train.eval_every must be >= 1")
+    _check(t.lr > 0 and t.power >= 0, "train.lr must be > 0 and train.power >= 0")
+    _check(0 <= t.momentum < 1 and t.weight_decay >= 0 and t.grad_clip >= 0,
+           "train.momentum must be in [0, 1), train.weight_decay and train.grad_clip >= 0")

@@ -81,6 +81,19 @@ def cosine_lr(base: float, final: float, epoch: int, epochs: int) -> float:
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * epoch / epochs))
 
 
+def linear_lr(base: float, step: int, steps_per_epoch: int, warmup_epochs: int, epochs: int) -> float:
+    """Per step: linear warm-up from 0 over `warmup_epochs`, then linear decay to 0 at the end."""
+    t, warm, total = step + 1, warmup_epochs * steps_per_epoch, epochs * steps_per_epoch
+    if t <= warm:
+        return base * t / warm
+    return base * max(0.0, (total - t + 1) / (total - warm))
+
+
+def poly_lr(base: float, step: int, total_steps: int, power: float) -> float:
+    """DeepLab's poly schedule: base * (1 - step / total) ** power."""
+    return base * max(0.0, 1 - step / total_steps) ** power
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -107,29 +120,42 @@ def count_params(module: nn.Module) -> int:
 
 
 class Meter:
-    """Sums loss and correct predictions as device tensors; reads them back once per epoch."""
+    """Sums loss and correct predictions (top-1, and top-5 if asked) as device tensors; reads them
+    back once per epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, top5: bool = False) -> None:
         self.loss = 0.0
         self.correct = 0.0
+        self.correct5 = 0.0 if top5 else None
         self.n = 0
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
+        logits = logits.detach()
         self.loss = self.loss + loss.detach().float() * n
-        self.correct = self.correct + (logits.detach().argmax(1) == y).sum()
+        self.correct = self.correct + (logits.argmax(1) == y).sum()
+        if self.correct5 is not None:
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            self.correct5 = self.correct5 + (top == y[:, None]).any(1).sum()
         self.n += n
 
     def state_dict(self) -> dict:
-        return {"loss": torch.as_tensor(self.loss).cpu(), "correct": torch.as_tensor(self.correct).cpu(), "n": self.n}
+        state = {"loss": torch.as_tensor(self.loss).cpu(), "correct": torch.as_tensor(self.correct).cpu(), "n": self.n}
+        if self.correct5 is not None:
+            state["correct5"] = torch.as_tensor(self.correct5).cpu()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.loss, self.correct, self.n = state["loss"], state["correct"], int(state["n"])
+        self.correct5 = state.get("correct5")
 
     def result(self, prefix: str) -> dict[str, float]:
         if self.n == 0:
             return {}
-        return {f"{prefix}_loss": float(self.loss) / self.n, f"{prefix}_acc": float(self.correct) / self.n}
+        out = {f"{prefix}_loss": float(self.loss) / self.n, f"{prefix}_acc": float(self.correct) / self.n}
+        if self.correct5 is not None:
+            out[f"{prefix}_top5"] = float(self.correct5) / self.n
+        return out
 
 
 def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
@@ -142,11 +168,13 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterab
 
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, total: int, desc: str,
-             show: bool, prefix: str) -> dict[str, float]:
-    """Loss and accuracy of `forward` over `batches` (the caller puts the model in eval mode)."""
-    meter = Meter()
+             show: bool, prefix: str, top5: bool = False) -> dict[str, float]:
+    """Loss and accuracy of `forward` over `batches` (the caller puts the model in eval mode and
+    has `forward` move a batch to its device)."""
+    meter = Meter(top5)
     for x, y in progress(batches, total, desc, show):
         logits = forward(x).float()
+        y = y.to(logits.device, non_blocking=True)
         meter.update(torch.nn.functional.cross_entropy(logits, y), logits, y)
     return meter.result(prefix)
 

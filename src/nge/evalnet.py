@@ -168,6 +168,25 @@ class CellStack(nn.Module):
                 aux_input = s1
         return s1, aux_input
 
+    def dilate(self, reductions: int) -> None:
+        """Replaces the stride of the last `reductions` reduction cells by dilation (DeepLab's atrous
+        backbone): a converted cell keeps its resolution, and the 3x3/5x5 convs of every cell after it
+        are dilated 2x more, so receptive fields stay those of the strided network. In place; the
+        weights are unchanged, so a classification checkpoint loads before or after."""
+        if not 0 <= reductions <= 2:
+            raise ValueError(f"a cell stack has 2 reductions, cannot dilate {reductions}")
+        targets = set(reduction_indices(len(self.cells))[2 - reductions:])
+        factor = 1
+        for i, cell in enumerate(self.cells):
+            if i in targets:
+                _atrous(cell, factor)  # the converted cell's own convs keep the dilation before it
+                factor *= 2
+            elif factor > 1:
+                _atrous(cell, factor)
+        for f in self.feature_info:
+            strides_removed = sum(1 for t in targets if t <= f["index"])
+            f["reduction"] //= 2 ** strides_removed
+
     def forward_stages(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the cells listed in `feature_info`, in order."""
         wanted = {f["index"] for f in self.feature_info}
@@ -177,6 +196,18 @@ class CellStack(nn.Module):
             if i in wanted:
                 outs.append(s1)
         return outs
+
+
+def _atrous(module: nn.Module, factor: int) -> None:
+    """Stride 1 for every conv and pool of `module`; spatial convs dilated `factor` times more."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            m.stride = (1, 1)
+            if m.kernel_size != (1, 1):
+                m.dilation = tuple(d * factor for d in m.dilation)
+                m.padding = tuple(p * factor for p in m.padding)
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            m.stride = 1
 
 
 class _EvalNetwork(nn.Module):
@@ -284,6 +315,15 @@ class NetworkImageNet(_EvalNetwork):
     def forward_stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s0 = self.stem0(x)
         return s0, self.stem1(s0)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """16 or 8 instead of the built 32: the last one or two reductions become dilations (DeepLab).
+        Once only, on a network still at stride 32."""
+        if self.feature_info[-1]["reduction"] != 32:
+            raise ValueError("set_output_stride applies once, to a network at output stride 32")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output stride must be 8, 16 or 32, got {output_stride}")
+        self.stack.dilate({32: 0, 16: 1, 8: 2}[output_stride])
 
 
 def count_params_without_aux(net: nn.Module) -> int:

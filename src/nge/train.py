@@ -8,14 +8,16 @@ weights are those of the last epoch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nge import viz
 from nge.config import TrainRunConfig, to_dict, to_yaml, validate_train
-from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset
+from nge.data import Augment, BatchLoader, Dataset, describe, input_shape, load_dataset
 from nge.engine import (
     Meter,
     Phase,
@@ -25,6 +27,7 @@ from nge.engine import (
     cosine_lr,
     evaluate,
     fit,
+    linear_lr,
     resolve_device,
     save_checkpoint,
     set_lr,
@@ -32,7 +35,7 @@ from nge.engine import (
     sgd_step,
 )
 from nge.errors import NGEError
-from nge.evalnet import NetworkCIFAR, count_params_without_aux
+from nge.evalnet import NetworkCIFAR, NetworkImageNet, count_params_without_aux
 from nge.genotypes import BUILTIN_GENOTYPES
 from nge.profile import count_mult_adds
 from nge.space import Genotype
@@ -53,32 +56,91 @@ def resolve_genotype(spec: str) -> Genotype:
                    f"({', '.join(BUILTIN_GENOTYPES)})")
 
 
-def build_network(cfg: TrainRunConfig, genotype: Genotype, in_channels: int, num_classes: int) -> NetworkCIFAR:
+def build_network(cfg: TrainRunConfig, genotype: Genotype, in_channels: int, num_classes: int) -> NetworkCIFAR | NetworkImageNet:
+    """The DARTS ImageNet network for data.name=imagenet, the CIFAR network otherwise."""
     m = cfg.model
+    if cfg.data.name == "imagenet":
+        if in_channels != 3:
+            raise NGEError(f"the ImageNet network takes RGB images, not {in_channels} channels")
+        return NetworkImageNet(genotype, C=m.C, num_classes=num_classes, layers=m.layers, auxiliary=m.auxiliary)
     return NetworkCIFAR(genotype, C=m.C, num_classes=num_classes, layers=m.layers, auxiliary=m.auxiliary,
                         in_channels=in_channels, stem_multiplier=m.stem_multiplier)
 
 
+@dataclass
+class TrainData:
+    """Loaders (iterables of (x, y) with `len` and `set_epoch`) and what the network needs to know."""
+
+    train: Any
+    test: Any
+    in_channels: int
+    num_classes: int
+    image_size: int
+    description: str
+    n_train: int
+
+
+def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> TrainData:
+    """CIFAR-size data held on the device, augmented per batch."""
+    d = cfg.data
+    train = data.train
+    if d.limit is not None:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.runtime.seed))
+        train = train.subset(perm[: d.limit])
+    common = dict(mean=data.mean, std=data.std, device=device, seed=cfg.runtime.seed,
+                  channels_last=cfg.runtime.channels_last)
+    return TrainData(
+        BatchLoader(train, d.batch_size, shuffle=True, drop_last=True, augment=Augment(d.crop_pad, d.flip, d.cutout),
+                    **common),
+        BatchLoader(data.test, max(d.batch_size, 256), **common),
+        data.in_channels, data.num_classes, data.image_size, describe(data), len(train),
+    )
+
+
+def folder_data(cfg: TrainRunConfig) -> TrainData:
+    """ImageNet in its ImageFolder layout, decoded and augmented by DataLoader workers."""
+    from nge.imagedata import imagenet_loader
+
+    d, seed = cfg.data, cfg.runtime.seed
+    if d.root is None:
+        raise NGEError("data.name=imagenet needs data.root=DIR (a folder holding train/<class>/ and val/<class>/)")
+    common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, size=d.image_size, resize=d.resize)
+    train = imagenet_loader(d.root, "train", train=True, limit=d.limit, **common)
+    test = imagenet_loader(d.root, "val", train=False, **common)
+    n = len(train.indices)
+    desc = (f"imagenet {d.root}: {n} train / {len(test.dataset)} val images, {train.num_classes} classes, "
+            f"{d.image_size}x{d.image_size} crops, {d.workers} workers")
+    return TrainData(train, test, 3, train.num_classes, d.image_size, desc, n)
+
+
+def load_train_data(cfg: TrainRunConfig, device: torch.device) -> TrainData:
+    d = cfg.data
+    if d.name == "imagenet":
+        return folder_data(cfg)
+    return tensor_data(cfg, load_dataset(d.name, d.root, to_dict(d)["synthetic"]), device)
+
+
 class TrainTask:
-    def __init__(self, cfg: TrainRunConfig, genotype: Genotype, data: Dataset, device: torch.device):
+    def __init__(self, cfg: TrainRunConfig, genotype: Genotype, data: TrainData | Dataset, device: torch.device):
+        if isinstance(data, Dataset):
+            data = tensor_data(cfg, data, device)
         self.cfg = cfg
         self.device = device
+        self.data = data
         self.net = build_network(cfg, genotype, data.in_channels, data.num_classes).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         t = cfg.train
         self.params = list(self.net.parameters())
         self.opt = torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        d = cfg.data
-        train = data.train
-        if d.limit is not None:
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.runtime.seed))
-            train = train.subset(perm[: d.limit])
-        common = dict(mean=data.mean, std=data.std, device=device, seed=cfg.runtime.seed,
-                      channels_last=cfg.runtime.channels_last)
-        self.train_loader = BatchLoader(train, d.batch_size, shuffle=True, drop_last=True,
-                                        augment=Augment(d.crop_pad, d.flip, d.cutout), **common)
-        self.test_loader = BatchLoader(data.test, max(d.batch_size, 256), **common)
+        self.train_loader, self.test_loader = data.train, data.test
+        self.top5 = cfg.data.name == "imagenet"
+        self.steps = 0  # optimiser steps taken (the linear schedule is per step)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch from a worker loader arrives on the CPU; device-resident batches pass through."""
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.runtime.channels_last else x
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.cfg.runtime.amp):
@@ -90,15 +152,24 @@ class TrainTask:
         return loss, logits
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t = self.cfg.train
+        if t.schedule == "linear":
+            self.lr = linear_lr(t.lr, self.steps, len(self.train_loader), t.warmup_epochs, t.epochs)
+            set_lr(self.opt, self.lr)
+        self.steps += 1
         self.net.train()
+        x, y = self.to_device(x), y.to(self.device, non_blocking=True)
         loss, logits = self.loss(x, y)
-        if sgd_step(loss, self.opt, self.params, self.cfg.train.grad_clip, self.cfg.runtime.nonfinite == "skip"):
+        if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
             meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
         t = self.cfg.train
-        self.lr = cosine_lr(t.lr, t.lr_min, epoch, t.epochs)
-        set_lr(self.opt, self.lr)
+        if t.schedule == "cosine":
+            self.lr = cosine_lr(t.lr, t.lr_min, epoch, t.epochs)
+            set_lr(self.opt, self.lr)
+        else:
+            self.lr = linear_lr(t.lr, self.steps, len(self.train_loader), t.warmup_epochs, t.epochs)
         self.drop = self.cfg.model.drop_path * epoch / t.epochs
         self.net.set_drop_path(self.drop)
         self.train_loader.set_epoch(epoch)
@@ -111,22 +182,42 @@ class TrainTask:
         self.net.eval()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
+            x = self.to_device(x)
             with autocast(self.device, self.cfg.runtime.amp):
                 return self.net(x)[0]
 
-        return evaluate(forward, self.test_loader, len(self.test_loader), "test", self.cfg.runtime.progress, "test")
+        return evaluate(forward, self.test_loader, len(self.test_loader), "test", self.cfg.runtime.progress, "test",
+                        top5=self.top5)
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
+        self.steps = int(state.get("steps", 0))
 
 
 def profile_network(net: torch.nn.Module, in_channels: int, size: int) -> dict[str, int]:
     x = torch.zeros(1, in_channels, size, size, device=next(net.parameters()).device)
     return {"params": count_params_without_aux(net), "mult_adds": count_mult_adds(net, lambda: net(x))}
+
+
+def profile_preset(cfg: TrainRunConfig, genotype: Genotype) -> dict[str, Any]:
+    """Params and multiply-adds of the preset's network for one image, built without reading data."""
+    channels, size, classes = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
+    if cfg.data.name == "imagenet":
+        size = cfg.data.image_size
+    net = build_network(cfg, genotype, channels, classes)
+    return {"input": [channels, size, size], "num_classes": classes, **profile_network(net, channels, size)}
+
+
+def check_mult_adds(cfg: TrainRunConfig, mult_adds: int, genotype_spec: str) -> None:
+    limit = cfg.model.mult_adds_limit
+    if limit is not None and mult_adds > limit:
+        raise NGEError(f"genotype {genotype_spec} gives {mult_adds:,} multiply-adds per image under preset {cfg.preset}, "
+                       f"over its limit of {limit:,} (the mobile setting); lift it with model.mult_adds_limit=null "
+                       "or make the network smaller (model.C, model.layers)")
 
 
 def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = False, resume: bool = False,
@@ -140,16 +231,17 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
         saved = Genotype.load(Path(out) / "genotype.json")
         if saved != genotype:
             raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
+    if cfg.model.mult_adds_limit is not None:
+        check_mult_adds(cfg, profile_preset(cfg, genotype)["mult_adds"], genotype_spec)
     device = resolve_device(cfg.runtime.device)
     setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
-    d = cfg.data
-    data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
+    data = load_train_data(cfg, device)
     task = TrainTask(cfg, genotype, data, device)
     run = RunDir.create(out, force, resume)
     run.write_text("config.yaml", to_yaml(cfg))
     run.write_text("genotype.json", genotype.to_json() + "\n")
     prof = profile_network(task.net, data.in_channels, data.image_size)
-    log(f"nge train: {describe(data)}; training on {len(task.train_loader.x)} images; "
+    log(f"nge train: {data.description}; training on {data.n_train} images; "
         f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}; -> {run.path}")
     meta = {"config": to_dict(cfg), "genotype": genotype.to_dict(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
@@ -163,6 +255,7 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
         **prof,
         "epochs": len(metrics),
         "final_test_acc": metrics[-1].get("test_acc"),
+        **({"final_test_top5": metrics[-1]["test_top5"]} if "test_top5" in metrics[-1] else {}),
         "best_test_acc": max(m["test_acc"] for m in metrics),
         "final_train_acc": metrics[-1].get("train_acc"),
         "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),

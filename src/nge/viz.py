@@ -1,4 +1,4 @@
-"""Pictures: derived cells (as the paper's Figure 4), P heatmaps over epochs, training curves."""
+"""Pictures: derived cells (as the paper's Figure 4), P heatmaps over epochs, training curves, image grids."""
 
 from __future__ import annotations
 
@@ -91,19 +91,35 @@ def plot_probs_over_epochs(history: Sequence, path: Path, max_panels: int = 6,
 
 
 def plot_curves(metrics: Sequence[dict], path: Path) -> None:
-    """Loss and accuracy per epoch for every *_loss / *_acc series present."""
-    epochs = [m["epoch"] for m in metrics]
+    """Loss and accuracy per epoch for every *_loss / *_acc / *_top5 / *_miou series present (a
+    series measured only every few epochs is drawn at the epochs that have it)."""
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
-    keys = sorted({k for m in metrics for k in m if k.endswith("_loss") or k.endswith("_acc")})
+    keys = sorted({k for m in metrics for k in m if k.endswith(("_loss", "_acc", "_top5", "_miou"))})
     for k in keys:
-        ys = [m.get(k) for m in metrics]
-        (ax_l if k.endswith("_loss") else ax_a).plot(epochs, ys, marker="o", ms=3, label=k)
+        points = [(m["epoch"], m[k]) for m in metrics if m.get(k) is not None]
+        (ax_l if k.endswith("_loss") else ax_a).plot(*zip(*points, strict=True), marker="o", ms=3, label=k)
     for ax, name in ((ax_l, "loss"), (ax_a, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_image_grid(rows: Sequence[Sequence], titles: Sequence[str], path: Path) -> None:
+    """Rows of same-count (H, W, 3) uint8 images, one column per title (e.g. image, truth, prediction)."""
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.6 * len(titles), 2.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

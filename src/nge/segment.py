@@ -1,0 +1,240 @@
+"""Semantic segmentation (SPEC section 4): DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012,
+as an EpochTask for the shared engine.
+
+Each epoch: one pass over the training split (random scale, crop, flip in the DataLoader workers;
+cross entropy ignoring label 255; poly learning rate per step), then, every `train.eval_every`
+epochs and after the last, mIoU over the 21 classes on val at a single scale without flips. Val is
+only measured and reported: the final weights are those of the last epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nge import viz
+from nge.config import EvalNetConfig, SegmentRunConfig, to_dict, to_yaml, validate_segment
+from nge.deeplab import DeepLabV3, backbone_state, confusion_matrix, iou_per_class
+from nge.engine import (
+    Meter,
+    Phase,
+    RunDir,
+    autocast,
+    check_resume,
+    count_params,
+    fit,
+    load_checkpoint,
+    poly_lr,
+    progress,
+    resolve_device,
+    save_checkpoint,
+    set_lr,
+    setup_runtime,
+    sgd_step,
+)
+from nge.errors import NGEError
+from nge.evalnet import NetworkImageNet
+from nge.imagedata import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, colorize, voc_loader
+from nge.space import Genotype
+
+NUM_CLASSES = len(VOC_CLASSES)
+IGNORE = 255
+
+
+def load_backbone(path: Path) -> tuple[NetworkImageNet, Genotype]:
+    """The ImageNet network of an `nge train` model.pt (or checkpoint.pt), with its weights.
+
+    Strict: every backbone weight must be in the file and fit the network its config describes."""
+    ckpt = load_checkpoint(Path(path))
+    cfg = ckpt.get("config", {})
+    if cfg.get("data", {}).get("name") != "imagenet" or "genotype" not in ckpt:
+        raise NGEError(f"{path} is not an ImageNet network from nge train (its config has data.name="
+                       f"{cfg.get('data', {}).get('name')}); train one with --preset paper-imagenet")
+    genotype = Genotype.from_dict(ckpt["genotype"])
+    m = {**to_dict(EvalNetConfig()), **cfg.get("model", {})}
+    net = NetworkImageNet(genotype, C=m["C"], num_classes=int(ckpt.get("num_classes", 1000)), layers=m["layers"],
+                          auxiliary=False)
+    state = backbone_state(ckpt["task"]["net"])
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.")]
+    if missing or unexpected:
+        what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise NGEError(f"backbone checkpoint {path} does not fit its own network ({what}"
+                       f"{' ...' if len(missing or unexpected) > 3 else ''})")
+    return net, genotype
+
+
+def build_segmenter(cfg: SegmentRunConfig, backbone: NetworkImageNet) -> DeepLabV3:
+    m = cfg.model
+    return DeepLabV3(backbone, NUM_CLASSES, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
+                     rates=tuple(m.rates))
+
+
+class SegmentTask:
+    def __init__(self, cfg: SegmentRunConfig, model: DeepLabV3, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.net = model.to(device)
+        if cfg.runtime.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        d, t, seed = cfg.data, cfg.train, cfg.runtime.seed
+        self.params = list(self.net.parameters())
+        self.opt = torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, crop=d.crop)
+        self.train_loader = voc_loader(d.root, "train", train=True, aug=d.aug, scale=(d.scale_min, d.scale_max),
+                                       limit=d.limit, **common)
+        self.val_loader = voc_loader(d.root, "val", train=False, **common)
+        self.steps = 0
+        self.ious: torch.Tensor | None = None
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.runtime.channels_last else x
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t = self.cfg.train
+        self.lr = poly_lr(t.lr, self.steps, t.epochs * len(self.train_loader), t.power)
+        set_lr(self.opt, self.lr)
+        self.steps += 1
+        self.net.train()
+        x, y = self.to_device(x), y.to(self.device, non_blocking=True)
+        with autocast(self.device, self.cfg.runtime.amp):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
+        if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
+            keep = y != IGNORE  # pixel accuracy over labelled pixels
+            meter.update(loss, logits.detach().permute(0, 2, 3, 1)[keep], y[keep])
+
+    def begin_epoch(self, epoch: int) -> list[Phase]:
+        self.lr = poly_lr(self.cfg.train.lr, self.steps, self.cfg.train.epochs * len(self.train_loader),
+                          self.cfg.train.power)
+        self.train_loader.set_epoch(epoch)
+        return [Phase("train", self.train_loader, len(self.train_loader), lambda b, m: self.train_step(*b, m["train"]))]
+
+    def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
+        row = {**meters["train"].result("train"), "lr": self.lr}
+        t = self.cfg.train
+        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            row.update(self.validate())
+        return row
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        with autocast(self.device, self.cfg.runtime.amp):
+            return self.net(self.to_device(x)).argmax(1)
+
+    def validate(self) -> dict[str, float]:
+        """mIoU and pixel accuracy on val (single scale, no flip); per-class IoU kept in `self.ious`."""
+        conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=self.device)
+        for x, y in progress(self.val_loader, len(self.val_loader), "val", self.cfg.runtime.progress):
+            conf += confusion_matrix(self.predict(x), y.to(self.device), NUM_CLASSES, IGNORE)
+        conf = conf.cpu()
+        self.ious = iou_per_class(conf)
+        return {"val_miou": float(self.ious.nanmean()), "val_acc": float(conf.diag().sum() / conf.sum().clamp(min=1))}
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps = int(state["steps"])
+
+
+def iou_table(ious: torch.Tensor) -> str:
+    rows = ["| class | IoU (%) |", "|---|---|"]
+    rows += [f"| {name} | {'n/a' if np.isnan(v) else f'{100 * v:.2f}'} |" for name, v in zip(VOC_CLASSES, ious.tolist(),
+                                                                                         strict=True)]
+    rows.append(f"| **mean** | **{100 * float(ious.nanmean()):.2f}** |")
+    return "\n".join(rows) + "\n"
+
+
+def _labelled_extent(mask: np.ndarray) -> tuple[int, int]:
+    """Height and width up to the last labelled row and column (cuts the val padding away)."""
+    rows = np.flatnonzero(np.any(mask != IGNORE, axis=1))
+    cols = np.flatnonzero(np.any(mask != IGNORE, axis=0))
+    return (int(rows[-1]) + 1 if rows.size else mask.shape[0]), (int(cols[-1]) + 1 if cols.size else mask.shape[1])
+
+
+def plot_predictions(task: SegmentTask, path: Path, count: int = 4) -> None:
+    """The first `count` val images: image, ground truth, prediction (VOC colours; padding cut away)."""
+    rows = []
+    mean = np.array(IMAGENET_MEAN)[:, None, None]
+    std = np.array(IMAGENET_STD)[:, None, None]
+    for x, y in task.val_loader:
+        pred = task.predict(x).cpu().numpy()
+        for i in range(x.shape[0]):
+            if len(rows) == count:
+                break
+            image = np.clip((x[i].numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            truth = y[i].numpy()
+            h, w = _labelled_extent(truth)
+            rows.append([image[:h, :w], colorize(truth[:h, :w]), colorize(pred[i][:h, :w])])
+        if len(rows) == count:
+            break
+    viz.plot_image_grid(rows, ["image", "ground truth", "prediction"], path)
+
+
+def resolve_backbone(cfg: SegmentRunConfig, backbone: str | None, genotype_spec: str | None) -> tuple[NetworkImageNet, str]:
+    """From a checkpoint (its genotype and size win), or a fresh network of `genotype_spec`."""
+    from nge.train import resolve_genotype
+
+    if backbone:
+        net, genotype = load_backbone(Path(backbone))
+        if genotype_spec and resolve_genotype(genotype_spec) != genotype:
+            raise NGEError(f"--genotype {genotype_spec} is not the genotype of the backbone {backbone}; drop --genotype")
+        return net, f"backbone {backbone} (ImageNet weights)"
+    if not genotype_spec:
+        raise NGEError("nge segment needs --backbone CHECKPOINT (an nge train ImageNet model.pt) or --genotype G "
+                       "(a randomly initialised backbone)")
+    m = cfg.model
+    net = NetworkImageNet(resolve_genotype(genotype_spec), C=m.C, num_classes=1000, layers=m.layers, auxiliary=False)
+    return net, f"genotype {genotype_spec}, randomly initialised backbone"
+
+
+def run_segment(cfg: SegmentRunConfig, out: Path, backbone: str | None = None, genotype: str | None = None,
+                force: bool = False, resume: bool = False, log=print) -> dict:
+    """Validate, build, read data, train, write the run directory. Returns the summary."""
+    validate_segment(cfg)
+    RunDir.check(out, force, resume)
+    if resume:
+        check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
+    net, origin = resolve_backbone(cfg, backbone, genotype)
+    device = resolve_device(cfg.runtime.device)
+    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    model = build_segmenter(cfg, net)
+    task = SegmentTask(cfg, model, device)
+    run = RunDir.create(out, force, resume)
+    run.write_text("config.yaml", to_yaml(cfg))
+    params = count_params(model)
+    log(f"nge segment: VOC {cfg.data.root}: {len(task.train_loader.indices)} train / {len(task.val_loader.indices)} val "
+        f"images, crop {cfg.data.crop}; DeepLabv3 {params:,} params, {origin}, output stride {cfg.model.output_stride}; "
+        f"device {device}; -> {run.path}")
+    meta = {"config": to_dict(cfg), "backbone": backbone}
+    metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
+                  resume_hint=f"nge segment --resume --out {run.path} ...")
+    if task.ious is None:  # resumed after the last epoch's validation was checkpointed
+        task.validate()
+    save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, **meta}, run.file("model.pt"))
+    run.write_text("iou.md", iou_table(task.ious))
+    plot_predictions(task, run.file("predictions.png"))
+    viz.plot_curves(metrics, run.file("curves.png"))
+    last = metrics[-1]
+    summary = {
+        "preset": cfg.preset,
+        "backbone": origin,
+        "params": params,
+        "epochs": len(metrics),
+        "final_val_miou": last["val_miou"],
+        "final_val_acc": last["val_acc"],
+        "iou": {name: (None if np.isnan(v) else v) for name, v in zip(VOC_CLASSES, task.ious.tolist(), strict=True)},
+        "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),
+        "device": str(device),
+    }
+    run.write_json("summary.json", summary)
+    log(f"final val mIoU {summary['final_val_miou']:.4f}; per-class IoU in {run.file('iou.md')}")
+    return summary

@@ -1,0 +1,112 @@
+"""ImageNet training and VOC segmentation end to end on synthetic files in the real layouts; the paper
+presets at full size; schedules; the mobile-setting limit."""
+
+import json
+
+import pytest
+import torch
+
+from nge.cli import main
+from nge.config import SegmentRunConfig, TrainRunConfig, load_config, validate_segment, validate_train
+from nge.engine import Meter, linear_lr, poly_lr
+from nge.evalnet import count_params_without_aux
+from nge.genotypes import DARTS_V2
+from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
+
+QUIET = ["runtime.progress=false"]
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    lrs = [linear_lr(1.0, s, steps_per_epoch=2, warmup_epochs=2, epochs=5) for s in range(10)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up over 2 epochs of 2 steps
+    assert lrs[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])  # reaches 0 after the last step
+    assert linear_lr(0.3, 0, 4, 0, 2) == pytest.approx(0.3)
+
+
+def test_poly_schedule():
+    assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_imagenet_then_segmentation_through_the_cli(tmp_path, capsys):
+    images = write_synthetic_imagefolder(tmp_path / "imagenet")
+    voc = write_synthetic_voc(tmp_path / "voc", aug=True)
+    run = tmp_path / "in-run"
+    assert main(["train", "--genotype", "DARTS_V2", "--preset", "smoke-imagenet", "--out", str(run),
+                 f"data.root={images}", *QUIET]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_top5"] == 1.0  # 3 classes: the top 5 always hold the label
+    assert 0 <= result["final_test_acc"] <= 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all("test_top5" in r for r in rows)
+    # the ImageNet weights become the DeepLab backbone
+    seg = tmp_path / "seg-run"
+    assert main(["segment", "--preset", "smoke", "--backbone", str(run / "model.pt"), "--out", str(seg),
+                 f"data.root={voc}", "data.aug=true", *QUIET]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["final_val_miou"] <= 1
+    table = (seg / "iou.md").read_text().splitlines()
+    assert len(table) == 2 + 21 + 1 and table[2].startswith("| background |")
+    assert (seg / "predictions.png").stat().st_size > 1000 and (seg / "curves.png").is_file()
+    model = torch.load(seg / "model.pt", weights_only=True)
+    backbone = torch.load(run / "model.pt", weights_only=True)["task"]["net"]
+    key = "stack.cells.0.preprocess.pre1.1.weight"
+    assert model["task"]["net"]["backbone." + key].shape == backbone[key].shape
+
+
+def test_segment_needs_a_backbone_or_a_genotype(tmp_path, capsys):
+    voc = write_synthetic_voc(tmp_path / "voc")
+    assert main(["segment", "--preset", "smoke", "--out", str(tmp_path / "r"), f"data.root={voc}", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backbone" in err and not (tmp_path / "r").exists()
+    assert main(["segment", "--preset", "smoke", "--backbone", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r"),
+                 f"data.root={voc}"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_paper_imagenet_preset_values_and_one_step_at_full_size(tmp_path):
+    from nge.train import TrainTask, load_train_data
+
+    cfg = load_config(TrainRunConfig, "train", "paper-imagenet", [])
+    validate_train(cfg)
+    m, t, d = cfg.model, cfg.train, cfg.data
+    assert (m.layers, m.C, m.auxiliary_weight, m.mult_adds_limit) == (14, 48, 0.4, 600_000_000)
+    assert (t.epochs, d.batch_size, t.lr, t.schedule, t.warmup_epochs, t.momentum) == (250, 512, 0.25, "linear", 5, 0.9)
+    assert (t.weight_decay, t.label_smoothing, d.image_size, d.resize) == (3e-5, 0.1, 224, 256)
+    root = write_synthetic_imagefolder(tmp_path / "imagenet")
+    cfg = load_config(TrainRunConfig, "train", "paper-imagenet",
+                      [*QUIET, f"data.root={root}", "data.batch_size=2", "data.workers=0"])
+    task = TrainTask(cfg, DARTS_V2, load_train_data(cfg, torch.device("cpu")), torch.device("cpu"))
+    # DARTS_V2 has 4,718,752 weights with 1,000 classes; the synthetic set has 3
+    assert count_params_without_aux(task.net) == 4_718_752 - 997 * (768 + 1)
+    phases = task.begin_epoch(0)
+    x, y = next(iter(phases[0].batches))
+    assert x.shape == (2, 3, 224, 224)
+    before = task.net.classifier.weight.clone()
+    meters = {"train": Meter()}
+    phases[0].step((x, y), meters)
+    steps_per_epoch = len(task.train_loader)
+    assert task.lr == pytest.approx(0.25 / (5 * steps_per_epoch))  # first warm-up step
+    assert meters["train"].n == 2 and not torch.equal(before, task.net.classifier.weight)
+
+
+def test_paper_voc_preset_one_step_at_full_size(tmp_path):
+    from nge.evalnet import NetworkImageNet
+    from nge.segment import SegmentTask, build_segmenter
+
+    voc = write_synthetic_voc(tmp_path / "voc", aug=True)
+    cfg = load_config(SegmentRunConfig, "segment", "paper-voc",
+                      [*QUIET, f"data.root={voc}", "data.batch_size=2", "data.workers=0"])
+    validate_segment(cfg)
+    assert (cfg.data.crop, cfg.model.output_stride, cfg.model.rates, cfg.data.aug) == (513, 16, [6, 12, 18], True)
+    torch.manual_seed(0)
+    model = build_segmenter(cfg, NetworkImageNet(DARTS_V2, C=48, layers=14))
+    assert sum(p.numel() for p in model.parameters()) == 9_987_533
+    task = SegmentTask(cfg, model, torch.device("cpu"))
+    x, y = next(iter(task.train_loader))
+    assert x.shape == (2, 3, 513, 513) and y.shape == (2, 513, 513)
+    before = model.classifier.weight.clone()
+    task.train_step(x, y, Meter())
+    assert task.lr == pytest.approx(0.007) and not torch.equal(before, model.classifier.weight)
