@@ -22,7 +22,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("search", args.preset)
     summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
-    print(json.dumps(summary["genotype"]))
+    if "preset" in summary:  # the main process's summary (under torchrun the others return less)
+        print(json.dumps(summary["genotype"]))
     return 0
 
 
@@ -34,7 +35,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("train", args.preset)
     summary = run_train(cfg, args.genotype, out, force=args.force, resume=args.resume, log=_log)
-    print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
+    if "preset" in summary:
+        print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
     return 0
 
 
@@ -223,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:
+            from nge.engine import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -296,6 +296,10 @@ class BatchLoader:
     Images stay uint8 on the device; a batch is normalised and augmented as a whole. Order and
     augmentation come from a generator seeded by (seed, epoch), so any epoch can be replayed
     exactly (resume needs no loader state).
+
+    `shard=(rank, world)` (data parallel): every process draws the same global batches of
+    `world * batch_size` images, with the same random numbers as one process drawing them, and
+    yields its own `batch_size` slice.
     """
 
     def __init__(
@@ -310,16 +314,22 @@ class BatchLoader:
         drop_last: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         self.x = data.x.to(device)
         self.y = data.y.to(device)
-        self.batch_size = batch_size
+        self.rank, self.world = shard
+        self.local_batch = batch_size
+        self.batch_size = batch_size * self.world  # the global batch
         self.device = device
         self.shuffle = shuffle
         self.augment = augment or Augment()
-        self.drop_last = drop_last and len(data) >= batch_size
+        if drop_last and self.world > 1 and len(data) < self.batch_size:  # processes must take equal steps
+            raise NGEError(f"{len(data)} images are fewer than one global batch of {self.batch_size} "
+                           f"({self.world} processes x {batch_size}); lower data.batch_size")
+        self.drop_last = drop_last and len(data) >= self.batch_size
         self.seed = seed
         self.epoch = 0
         self.channels_last = channels_last
@@ -349,9 +359,13 @@ class BatchLoader:
             x = (x - self.mean) / self.std
             if a.cutout:
                 x = cutout(x, a.cutout, g)
+            y = self.y[idx]
+            if self.world > 1:
+                mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+                x, y = x[mine], y[mine]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.y[idx]
+            yield x, y
 
 
 def describe(ds: Dataset) -> str:

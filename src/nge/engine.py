@@ -40,12 +40,94 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_runtime(seed: int, threads: int | None) -> None:
+def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch.device:
+    """Seeds, threads, and the device. Under `torchrun` (WORLD_SIZE > 1) also joins the process
+    group (NCCL on CUDA, gloo on CPU); each process then uses cuda:LOCAL_RANK or 1/LOCAL_WORLD_SIZE of
+    the CPU threads. Every process gets the same seed, so they build identical models."""
+    dev = resolve_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local)
+            torch.cuda.set_device(dev)
+        elif threads:
+            threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if threads:
         torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    return dev
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside `torchrun`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, in place (a no-op in a single process)."""
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+def check_same_everywhere(t: torch.Tensor, what: str) -> None:
+    """Under torchrun: stop if the processes disagree on `t` (e.g. P, which must be identical)."""
+    if world()[1] == 1:
+        return
+    import torch.distributed as dist
+
+    hi, lo = t.detach().clone(), -t.detach().clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    if not torch.equal(hi, -lo):
+        raise NGEError(f"the processes disagree on {what} (largest difference {float((hi + lo).max()):.3g})")
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` wrapped in DistributedDataParallel under torchrun (gradients averaged over the
+    processes during backward); `module` itself otherwise."""
+    if world()[1] == 1:
+        return module
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # 1x1 conv weight gradients can differ from their bucket's strides only on size-1 dimensions,
+    # the same memory layout; torch warns about it on every step.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
+
+
+def shutdown() -> None:
+    """Leaves the process group, if this process joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -149,6 +231,18 @@ class Meter:
         self.loss, self.correct, self.n = state["loss"], state["correct"], int(state["n"])
         self.correct5 = state.get("correct5")
 
+    def all_reduce(self) -> None:
+        """Sums over processes, so every process reports the metrics of the global batch."""
+        if world()[1] == 1:
+            return
+        vals = [self.loss, self.correct, self.n] + ([self.correct5] if self.correct5 is not None else [])
+        ref = next((v for v in vals if isinstance(v, torch.Tensor)), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+        total = all_reduce_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in vals]))
+        self.loss, self.correct, self.n = total[0], total[1], int(total[2])
+        if self.correct5 is not None:
+            self.correct5 = total[3]
+
     def result(self, prefix: str) -> dict[str, float]:
         if self.n == 0:
             return {}
@@ -173,17 +267,23 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
     has `forward` move a batch to its device)."""
     meter = Meter(top5)
     for x, y in progress(batches, total, desc, show):
+        if y.numel() == 0:  # this process's share of a last, short batch
+            continue
         logits = forward(x).float()
         y = y.to(logits.device, non_blocking=True)
         meter.update(torch.nn.functional.cross_entropy(logits, y), logits, y)
+    meter.all_reduce()
     return meter.result(prefix)
 
 
 def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float,
              skip_nonfinite: bool = False) -> bool:
     """Backward, clip, step. A non-finite loss or gradient norm raises NonFinite before the
-    weights change, or, with `skip_nonfinite`, skips the update and returns False."""
-    if not torch.isfinite(loss):
+    weights change, or, with `skip_nonfinite`, skips the update and returns False.
+
+    Under torchrun only the gradient norm is checked: gradients are averaged over the processes,
+    so all of them see the same norm and stop or skip together."""
+    if world()[1] == 1 and not torch.isfinite(loss):
         if skip_nonfinite:
             return False
         raise NonFinite("loss")
@@ -282,6 +382,11 @@ class RunDir:
             raise NGEError(f"run directory {path} already exists: use --resume to continue it or --force to replace it")
 
     MARKERS = ("config.yaml", "checkpoint.pt", "metrics.jsonl", "summary.json", "ablation.yaml")
+
+    @classmethod
+    def open(cls, path: Path, force: bool, resume: bool) -> RunDir:
+        """`create` in the main process; elsewhere (torchrun) a handle that is only read from."""
+        return cls.create(path, force, resume) if is_main() else cls(path)
 
     @classmethod
     def create(cls, path: Path, force: bool, resume: bool) -> RunDir:
@@ -425,7 +530,11 @@ def fit(
         cursor, saved_meters = dict(ckpt.get("cursor", {})), dict(ckpt.get("meters", {}))
         elapsed = float(ckpt.get("elapsed", 0.0))
 
+    main, distributed = is_main(), world()[1] > 1
+
     def checkpoint(epoch: int, **inside) -> None:
+        if not main:  # under torchrun the processes hold the same state; the first one writes it
+            return
         state = task.state_dict()
         if not _all_finite(state):
             raise NGEError(f"non-finite weights or statistics in epoch {epoch + 1}; not checkpointed, the last good "
@@ -443,7 +552,7 @@ def fit(
             for p in phases:
                 done = cursor.get(p.name, 0)
                 desc = f"epoch {epoch + 1}/{epochs} {p.name}"
-                for i, batch in enumerate(progress(p.batches, p.total, desc, show_progress)):
+                for i, batch in enumerate(progress(p.batches, p.total, desc, show_progress and main)):
                     if i < done:
                         continue  # replayed for its random numbers; done before the interruption
                     try:
@@ -452,23 +561,34 @@ def fit(
                         raise NGEError(f"non-finite {e} at epoch {epoch + 1}, {p.name} step {i + 1}; the last good "
                                        f"checkpoint in {run.path} is kept (runtime.nonfinite=skip skips such steps)") from None
                     cursor[p.name] = i + 1
-                    if stop.received:
+                    if stop.received and not distributed:  # under torchrun: at the epoch's end, together
                         checkpoint(epoch, cursor=cursor, meters={k: m.state_dict() for k, m in meters.items()},
                                    elapsed=time.perf_counter() - t0)
                         raise NGEError(f"stopped by {stop.received} at epoch {epoch + 1}, {p.name} step {i + 1}; "
                                        f"checkpoint saved, continue with {resume_hint}")
+            for name in sorted(meters):
+                meters[name].all_reduce()
             row = {"epoch": epoch + 1, **task.end_epoch(epoch, meters)}
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             cursor, saved_meters, elapsed = {}, {}, 0.0
             checkpoint(epoch + 1)
-            run.write_jsonl("metrics.jsonl", history)
-            if log:
-                log(_format_row(row, epochs))
-            if stop.received and epoch + 1 < epochs:
-                raise NGEError(f"stopped by {stop.received} after epoch {epoch + 1}; checkpoint saved, "
+            if main:
+                run.write_jsonl("metrics.jsonl", history)
+                if log:
+                    log(_format_row(row, epochs))
+            stopping = stop.received is not None
+            if distributed:  # every process stops if any was asked to
+                stopping = bool(all_reduce_sum(torch.tensor([float(stopping)], device=_device_of(task))).item())
+            if stopping and epoch + 1 < epochs:
+                raise NGEError(f"stopped by {stop.received or 'a signal'} after epoch {epoch + 1}; checkpoint saved, "
                                f"continue with {resume_hint}")
     return history
+
+
+def _device_of(task: EpochTask) -> torch.device:
+    """The device collectives run on: the task's, or the CPU (gloo)."""
+    return getattr(task, "device", torch.device("cpu"))
 
 
 def _format_row(row: dict, epochs: int) -> str:

@@ -415,6 +415,7 @@ class ImageLoader:
         num_classes: int,
         classes: Sequence[str],
         limit: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if batch_size < 1:
             raise NGEError(f"batch size must be positive, got {batch_size}")
@@ -429,7 +430,12 @@ class ImageLoader:
             self.indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[:limit]
         else:
             self.indices = list(range(n))
-        self.drop_last = drop_last and len(self.indices) >= batch_size
+        # data parallel: global batches of world * batch_size, this process takes its slice of each
+        self.rank, self.world = shard
+        if drop_last and self.world > 1 and len(self.indices) < batch_size * self.world:
+            raise NGEError(f"{len(self.indices)} images are fewer than one global batch of {batch_size * self.world}; "
+                           "lower data.batch_size")
+        self.drop_last = drop_last and len(self.indices) >= batch_size * self.world
         self.num_classes = num_classes
         self.classes = list(classes)
         self.epoch = 0
@@ -439,14 +445,19 @@ class ImageLoader:
         self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, b = len(self.indices), self.batch_size * self.world
+        return n // b if self.drop_last else -(-n // b)
 
     def _order(self) -> list[int]:
-        if not self.shuffle:
-            return self.indices
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return [self.indices[i] for i in torch.randperm(len(self.indices), generator=g).tolist()]
+        order = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g).tolist()]
+        if self.world == 1:
+            return order
+        b = self.batch_size
+        return [i for start in range(0, len(self) * b * self.world, b * self.world)
+                for i in order[start + self.rank * b: start + (self.rank + 1) * b]]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.dataset.set_epoch(self.epoch)  # workers copy the data set, epoch included, at iter()
@@ -481,6 +492,7 @@ def imagenet_loader(
     resize: int = 256,
     drop_last: bool | None = None,
     limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> ImageLoader:
     """ImageFolder-layout classification batches (x (B, 3, size, size), y int64 (B,)); shuffled when `train`.
 
@@ -488,7 +500,7 @@ def imagenet_loader(
     """
     ds = ImageFolderSet(root, split, train, size=size, resize=resize, seed=seed)
     drop = train if drop_last is None else drop_last
-    return ImageLoader(ds, batch_size, workers, seed, train, drop, len(ds.classes), ds.classes, limit)
+    return ImageLoader(ds, batch_size, workers, seed, train, drop, len(ds.classes), ds.classes, limit, shard)
 
 
 def voc_loader(

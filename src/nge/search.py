@@ -23,14 +23,17 @@ from nge.engine import (
     RunDir,
     autocast,
     check_resume,
+    check_same_everywhere,
     cosine_lr,
     count_params,
+    data_parallel,
     fit,
     frozen,
-    resolve_device,
+    is_main,
     set_lr,
     setup_runtime,
     sgd_step,
+    world,
 )
 from nge.space import Genotype
 from nge.supernet import SuperNet
@@ -57,10 +60,13 @@ class SearchTask:
         self.w_opt = torch.optim.SGD(self.w_params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
         self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=a.lr, betas=(a.beta1, a.beta2),
                                       weight_decay=a.weight_decay)
+        # under torchrun: gradients of both averaged over the processes; P is then the same on all
+        self.train_net = data_parallel(self.net, device)
+        self.train_arch = data_parallel(self.arch, device)
         train, val = split_train_val(data.train, cfg.data.train_portion, cfg.runtime.seed, cfg.data.limit)
         d = cfg.data
         common = dict(batch_size=d.batch_size, mean=data.mean, std=data.std, device=device, shuffle=True,
-                      seed=cfg.runtime.seed, channels_last=cfg.runtime.channels_last)
+                      seed=cfg.runtime.seed, channels_last=cfg.runtime.channels_last, shard=world())
         self.train_loader = BatchLoader(train, augment=Augment(d.crop_pad, d.flip), drop_last=True, **common)
         self.val_loader = BatchLoader(val, drop_last=True, **common)
         self.p_history: list[CellProbs] = [self.probs()]
@@ -70,14 +76,14 @@ class SearchTask:
         p = self.arch()
         return CellProbs(p.normal.float().cpu(), p.reduce.float().cpu())
 
-    def _forward(self, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
+    def _forward(self, net: torch.nn.Module, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
         with autocast(self.device, self.cfg.runtime.amp):
-            return self.net(x, probs)
+            return net(x, probs)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, probs: CellProbs, meter: Meter) -> None:
         """Update w on a training batch; P is detached, so no gradient reaches the embedding."""
         self.net.train()
-        logits = self._forward(x, probs.detach())
+        logits = self._forward(self.train_net, x, probs.detach())
         loss = F.cross_entropy(logits.float(), y)
         if sgd_step(loss, self.w_opt, self.w_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
@@ -86,7 +92,7 @@ class SearchTask:
         """Update the parameterisation on a validation batch; w is frozen (first order)."""
         self.net.train()
         with frozen(self.net):
-            logits = self._forward(x, self.arch())
+            logits = self._forward(self.net, x, self.train_arch())
             loss = F.cross_entropy(logits.float(), y)
             if sgd_step(loss, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
@@ -120,6 +126,7 @@ class SearchTask:
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         self.p_history.append(self.probs())
+        check_same_everywhere(torch.cat([p.flatten() for p in self.p_history[-1]]), "P")
         return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr}
 
     def state_dict(self) -> dict:
@@ -150,19 +157,24 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     RunDir.check(out, force, resume)
     if resume:
         check_resume(out, to_dict(cfg), ("search.epochs", "runtime"))
-    device = resolve_device(cfg.runtime.device)
-    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
     d = cfg.data
     data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
     task = SearchTask(cfg, data, device)
-    run = RunDir.create(out, force, resume)
-    run.write_text("config.yaml", to_yaml(cfg))
+    run = RunDir.open(out, force, resume)
+    main, (_, procs) = is_main(), world()
+    log = log if main else (lambda _msg: None)
+    if main:
+        run.write_text("config.yaml", to_yaml(cfg))
     params, arch_params = count_params(task.net), count_params(task.arch)
+    parallel = f"; {procs} processes x batch {d.batch_size} = batch {procs * d.batch_size}" if procs > 1 else ""
     log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
-        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}; -> {run.path}")
+        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}{parallel}; -> {run.path}")
     metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)},
                   show_progress=cfg.runtime.progress, resume_hint=f"nge search --resume --out {run.path} ...")
     genotype = task.genotype()
+    if not main:
+        return {"genotype": genotype.to_dict(), "epochs": len(metrics)}
     run.write_text("genotype.json", genotype.to_json() + "\n")
     run.write_jsonl("probs.jsonl", [
         {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
@@ -183,6 +195,8 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
         "final_train_acc": last.get("train_acc"),
         "wall_seconds": round(sum(r["seconds"] for r in metrics), 2),
         "device": str(device),
+        "processes": procs,
+        "global_batch": procs * d.batch_size,
     }
     run.write_json("summary.json", summary)
     log(f"genotype written to {run.file('genotype.json')}; final val acc {summary['final_val_acc']}")

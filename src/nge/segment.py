@@ -9,6 +9,7 @@ only measured and reported: the final weights are those of the last epoch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,6 @@ from nge.engine import (
     load_checkpoint,
     poly_lr,
     progress,
-    resolve_device,
     save_checkpoint,
     set_lr,
     setup_runtime,
@@ -204,8 +204,9 @@ def run_segment(cfg: SegmentRunConfig, out: Path, backbone: str | None = None, g
     if resume:
         check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
     net, origin = resolve_backbone(cfg, backbone, genotype)
-    device = resolve_device(cfg.runtime.device)
-    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NGEError("nge segment runs in one process; start it without torchrun")
+    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
     model = build_segmenter(cfg, net)
     task = SegmentTask(cfg, model, device)
     run = RunDir.create(out, force, resume)

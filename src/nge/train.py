@@ -25,14 +25,16 @@ from nge.engine import (
     autocast,
     check_resume,
     cosine_lr,
+    data_parallel,
     evaluate,
     fit,
+    is_main,
     linear_lr,
-    resolve_device,
     save_checkpoint,
     set_lr,
     setup_runtime,
     sgd_step,
+    world,
 )
 from nge.errors import NGEError
 from nge.evalnet import NetworkCIFAR, NetworkImageNet, count_params_without_aux
@@ -88,7 +90,7 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.runtime.seed))
         train = train.subset(perm[: d.limit])
     common = dict(mean=data.mean, std=data.std, device=device, seed=cfg.runtime.seed,
-                  channels_last=cfg.runtime.channels_last)
+                  channels_last=cfg.runtime.channels_last, shard=world())
     return TrainData(
         BatchLoader(train, d.batch_size, shuffle=True, drop_last=True, augment=Augment(d.crop_pad, d.flip, d.cutout),
                     **common),
@@ -104,7 +106,8 @@ def folder_data(cfg: TrainRunConfig) -> TrainData:
     d, seed = cfg.data, cfg.runtime.seed
     if d.root is None:
         raise NGEError("data.name=imagenet needs data.root=DIR (a folder holding train/<class>/ and val/<class>/)")
-    common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, size=d.image_size, resize=d.resize)
+    common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, size=d.image_size, resize=d.resize,
+                  shard=world())
     train = imagenet_loader(d.root, "train", train=True, limit=d.limit, **common)
     test = imagenet_loader(d.root, "val", train=False, **common)
     n = len(train.indices)
@@ -130,6 +133,7 @@ class TrainTask:
         self.net = build_network(cfg, genotype, data.in_channels, data.num_classes).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.train_net = data_parallel(self.net, device)  # under torchrun: gradients averaged over processes
         t = cfg.train
         self.params = list(self.net.parameters())
         self.opt = torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -144,7 +148,7 @@ class TrainTask:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.cfg.runtime.amp):
-            logits, aux = self.net(x)
+            logits, aux = self.train_net(x)
         smoothing = self.cfg.train.label_smoothing
         loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
         if aux is not None:
@@ -233,20 +237,26 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
             raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
     if cfg.model.mult_adds_limit is not None:
         check_mult_adds(cfg, profile_preset(cfg, genotype)["mult_adds"], genotype_spec)
-    device = resolve_device(cfg.runtime.device)
-    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
     data = load_train_data(cfg, device)
     task = TrainTask(cfg, genotype, data, device)
-    run = RunDir.create(out, force, resume)
-    run.write_text("config.yaml", to_yaml(cfg))
-    run.write_text("genotype.json", genotype.to_json() + "\n")
+    run = RunDir.open(out, force, resume)
+    main, (_, procs) = is_main(), world()
+    log = log if main else (lambda _msg: None)
+    if main:
+        run.write_text("config.yaml", to_yaml(cfg))
+        run.write_text("genotype.json", genotype.to_json() + "\n")
     prof = profile_network(task.net, data.in_channels, data.image_size)
+    parallel = f"; {procs} processes x batch {cfg.data.batch_size} = batch {procs * cfg.data.batch_size}" if procs > 1 else ""
     log(f"nge train: {data.description}; training on {data.n_train} images; "
-        f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}; -> {run.path}")
+        f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}{parallel}; "
+        f"-> {run.path}")
     meta = {"config": to_dict(cfg), "genotype": genotype.to_dict(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
     metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
                   resume_hint=f"nge train --genotype {genotype_spec} --resume --out {run.path} ...")
+    if not main:
+        return {"epochs": len(metrics), "final_test_acc": metrics[-1].get("test_acc")}
     save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, **meta}, run.file("model.pt"))
     viz.plot_curves(metrics, run.file("curves.png"))
     summary = {
@@ -260,6 +270,8 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
         "final_train_acc": metrics[-1].get("train_acc"),
         "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),
         "device": str(device),
+        "processes": procs,
+        "global_batch": procs * cfg.data.batch_size,
     }
     run.write_json("summary.json", summary)
     log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
