@@ -1,10 +1,12 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from nge.arch import NGE, CellProbs
 from nge.ops import reduction_indices
-from nge.supernet import MixedOp, SuperNet
+from nge.supernet import MixedOp, SuperNet, reference_forward
 
 
 def uniform_probs() -> CellProbs:
@@ -65,3 +67,63 @@ def test_reduction_cells_use_reduce_probs():
     base = uniform_probs()
     other = CellProbs(base.normal, torch.softmax(torch.randn(14, 7) * 3, -1))
     assert not torch.allclose(net(x, base), net(x, other))
+
+
+# Fast supernet vs DARTS's plain formulation (same modules and weights): outputs, gradients for every
+# weight and for P, and BN running statistics. float64 shows the two are the same mathematics (agreement
+# to rounding); float32 uses rtol 1e-5 / atol 1e-6 on outputs and rtol 1e-4 / atol 1e-5 on gradients.
+TOLERANCES = {
+    torch.float64: ({"rtol": 1e-10, "atol": 1e-12}, {"rtol": 1e-10, "atol": 1e-12}),
+    torch.float32: ({"rtol": 1e-5, "atol": 1e-6}, {"rtol": 1e-4, "atol": 1e-5}),
+}
+
+
+@pytest.mark.parametrize("checkpoint", ["none", "edge", "cell"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_supernet_equals_reference_formulation(checkpoint, channels_last, dtype):
+    torch.manual_seed(0)
+    # 3 cells: a normal cell on 8x8, reduction cells on 8x8 -> 4x4 and 4x4 -> 2x2, so every op runs
+    # at stride 1 and 2, and dilated convs take each of their forms (plain, parity sub-images, subsampled)
+    net = SuperNet(C=4, layers=3, checkpoint=checkpoint).to(dtype)
+    ref = copy.deepcopy(net)
+    ref.set_checkpoint("none")
+    assert [c.reduction for c in net.cells] == [False, True, True]
+    x = torch.randn(4, 3, 8, 8, dtype=dtype)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    pn = torch.softmax(torch.randn(14, 7, dtype=dtype), -1).requires_grad_(True)
+    pr = torch.softmax(torch.randn(14, 7, dtype=dtype), -1).requires_grad_(True)
+    out = net(x, CellProbs(pn, pr))
+    out_ref = reference_forward(ref, x.contiguous(), CellProbs(pn, pr))
+    tol_out, tol_grad = TOLERANCES[dtype]
+    torch.testing.assert_close(out, out_ref, **tol_out)
+    g = torch.randn_like(out_ref)
+    grads = torch.autograd.grad(out, [pn, pr, *net.parameters()], g)
+    grads_ref = torch.autograd.grad(out_ref, [pn, pr, *ref.parameters()], g)
+    names = ["P normal", "P reduce"] + [n for n, _ in net.named_parameters()]
+    for name, a, b in zip(names, grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, **tol_grad, msg=lambda m, name=name: f"{name}: {m}")
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        if "running" in name or "num_batches" in name:  # BN statistics updated once, as the reference does
+            torch.testing.assert_close(a, b, **tol_out, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_weight_step_gradients_match_reference_with_p_detached():
+    torch.manual_seed(0)
+    net = SuperNet(C=4, layers=3).double()
+    ref = copy.deepcopy(net)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    p = NGE().double()()
+    loss = net(x, p.detach()).square().sum()
+    loss_ref = reference_forward(ref, x, p).square().sum()
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    grads_ref = torch.autograd.grad(loss_ref, list(ref.parameters()))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_mode_is_checked():
+    with pytest.raises(ValueError, match="checkpoint"):
+        SuperNet(C=4, layers=3, checkpoint="layer")

@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     f.set_defaults(func=cmd_profile)
+
+    from nge import bench
+
+    bench.add_parser(sub)
     return p
 
 

@@ -42,7 +42,7 @@ from nge.supernet import SuperNet
 def build_supernet(cfg: SearchRunConfig, in_channels: int, num_classes: int) -> SuperNet:
     m = cfg.model
     return SuperNet(C=m.C, num_classes=num_classes, layers=m.layers, in_channels=in_channels,
-                    stem_multiplier=m.stem_multiplier)
+                    stem_multiplier=m.stem_multiplier, checkpoint=m.checkpoint)
 
 
 class SearchTask:

@@ -2,16 +2,86 @@
 
 The supernet takes P as an input to `forward`; it has no architecture parameters of its own
 and does not know where P came from.
+
+`SuperNet.forward` computes what `reference_forward` computes (DARTS's formulation: every edge is
+`sum_k p_k * op_k(x)` with each op called whole), with the same modules and weights but less work
+and memory:
+
+- the leading ReLU of the conv ops (and of the factorized reduce on stride-2 edges) is computed
+  once per node and shared by every edge and op that reads that node;
+- every op but the identity ends in an affine-free BN, so `p_k * BN(z)` is one batch norm with
+  weight `p_k`: no separate multiply, and no op output is kept for the gradient of P (BN keeps
+  its input anyway); op outputs are summed in place;
+- dilated depthwise convs that oneDNN would run through its slow gemm path (stride 2, or an image
+  smaller than the dilated kernel) run as equivalent plain convs (see `_depthwise`);
+- optionally (`checkpoint="edge"` or `"cell"`) edges or whole cells are recomputed in the backward
+  pass instead of keeping their activations; BN running statistics are still updated once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from nge.arch import CellProbs
-from nge.ops import OPS, Preprocess, reduction_indices
+from nge.ops import OPS, DilConv, FactorizedReduce, Preprocess, SepConv, reduction_indices
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
+
+CHECKPOINT_MODES = ("none", "edge", "cell")
+
+
+def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None, update_stats: bool) -> torch.Tensor:
+    """`scale * bn(x)` for an affine-free BN, computed as one batch norm with weight `scale` (C,).
+
+    Running statistics change as in `bn(x)`, unless `update_stats` is False (a checkpointed
+    recomputation: same batch statistics, and the running ones were updated the first time).
+    """
+    if bn.affine:
+        raise ValueError("the supernet's batch norms must be affine-free")
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        if not update_stats:  # copies, so the recomputation saves the same tensors as the first run
+            return F.batch_norm(x, bn.running_mean.clone(), bn.running_var.clone(), scale, None, True, momentum, bn.eps)
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    training = bn.training or bn.running_mean is None
+    return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, training, momentum, bn.eps)
+
+
+def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` for a depthwise conv; dilation-2 convs in an equivalent form that oneDNN runs faster.
+
+    With dilation 2 and padding k - 1, output pixel (h, w) reads only input pixels of its own
+    parity: stride 2 reads only the even pixels, so it is a plain conv of x[::2, ::2]; stride 1
+    on an image too small for oneDNN's direct kernel is a plain conv of each of the four parity
+    sub-images. Same products and sums, no approximation.
+    """
+    k, dilation, stride, padding = conv.kernel_size[0], conv.dilation[0], conv.stride[0], conv.padding[0]
+    if dilation != 2 or padding != k - 1 or k % 2 == 0 or conv.kernel_size[1] != k or conv.groups != x.shape[1] \
+            or conv.dilation[1] != 2 or conv.stride[1] != stride or conv.padding[1] != padding or conv.bias is not None:
+        return conv(x)
+    half = (k - 1) // 2
+    if stride == 2:
+        return F.conv2d(x[:, :, ::2, ::2], conv.weight, None, 1, half, 1, conv.groups)
+    N, C, H, W = x.shape
+    if stride != 1 or H % 2 or W % 2 or min(H, W) >= 2 * k - 1:
+        return conv(x)
+    phases = x.reshape(N, C, H // 2, 2, W // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * N, C, H // 2, W // 2)
+    y = F.conv2d(phases.contiguous(memory_format=torch.channels_last), conv.weight, None, 1, half, 1, conv.groups)
+    y = y.reshape(2, 2, N, C, H // 2, W // 2).permute(2, 3, 4, 0, 5, 1).reshape(N, C, H, W)
+    return y.contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                        else torch.contiguous_format)
+
+
+def _dil_conv(block: DilConv, r: torch.Tensor, scale: torch.Tensor | None, update_stats: bool) -> torch.Tensor:
+    """`scale * block(x)` from r = relu(x): the DilConv without its leading ReLU."""
+    _relu, depthwise, pointwise, bn = block
+    return _batch_norm(bn, pointwise(_depthwise(depthwise, r)), scale, update_stats)
 
 
 class MixedOp(nn.Module):
@@ -26,12 +96,51 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
+        self.C = C
 
-    def forward(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        out = p[0] * self.ops[0](x)
-        for k in range(1, len(self.ops)):
-            out = out + p[k] * self.ops[k](x)
+    def forward(self, x: torch.Tensor, p: torch.Tensor, r: torch.Tensor | None = None,
+                update_stats: bool = True) -> torch.Tensor:
+        """The edge output, a new tensor. `r` is relu(x) when the caller has it already."""
+        if r is None:
+            r = F.relu(x)
+        # p as BN weights; contiguous, since BN backward on CPU mishandles a stride-0 weight in channels_last
+        scales = p.unsqueeze(-1).expand(len(self.ops), self.C).contiguous()
+        out: torch.Tensor | None = None
+        identity = []
+        for k, op in enumerate(self.ops):
+            scale = scales[k]
+            if isinstance(op, nn.Identity):
+                identity.append(k)
+                continue
+            if isinstance(op, SepConv):
+                y = _dil_conv(op[1], F.relu_(_dil_conv(op[0], r, None, update_stats)), scale, update_stats)
+            elif isinstance(op, DilConv):
+                y = _dil_conv(op, r, scale, update_stats)
+            elif isinstance(op, FactorizedReduce):
+                shifted = F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:]
+                y = _batch_norm(op.bn, torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1), scale, update_stats)
+            elif isinstance(op, nn.Sequential) and isinstance(op[-1], nn.BatchNorm2d):  # pooling, BN
+                y = _batch_norm(op[-1], op[:-1](x), scale, update_stats)
+            else:
+                raise TypeError(f"MixedOp has no fused form for {type(op).__name__}")
+            out = y if out is None else out.add_(y)
+        for k in identity:
+            out = x * p[k] if out is None else out.addcmul_(x, p[k])
+        if out is None:
+            raise ValueError("MixedOp needs at least one op")
         return out
+
+
+def _recomputed(fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """fn(*args, update_stats=...) under activation checkpointing: recomputed in the backward pass,
+    with BN running statistics updated in the first run only."""
+    runs = []
+
+    def run(*a):
+        runs.append(None)
+        return fn(*a, update_stats=len(runs) == 1)
+
+    return _checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 class SearchCell(nn.Module):
@@ -54,22 +163,52 @@ class SearchCell(nn.Module):
             for src, _ in topology.edges
         )
         self.multiplier = topology.n_nodes
+        self.checkpoint = "none"
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        states = list(self.preprocess(s0, s1))
+        if self.checkpoint == "cell" and torch.is_grad_enabled():
+            return _recomputed(self._forward, s0, s1, p)
+        return self._forward(s0, s1, p, update_stats=True)
+
+    def _forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, update_stats: bool) -> torch.Tensor:
+        ckpt = self.checkpoint == "edge" and torch.is_grad_enabled()
+        if update_stats:
+            states = list(self.preprocess(s0, s1))
+        else:
+            states = [_module_no_stats(self.preprocess.pre0, s0), _module_no_stats(self.preprocess.pre1, s1)]
+        relus: list[torch.Tensor] = []
         e = 0
         for _node in range(self.topology.n_nodes):
             out = None
             for src in range(len(states)):
-                y = self.edges[e](states[src], p[e])
-                out = y if out is None else out + y
+                if src == len(relus):
+                    relus.append(F.relu(states[src]))
+                if ckpt:
+                    y = _recomputed(self.edges[e], states[src], p[e], relus[src])
+                else:
+                    y = self.edges[e](states[src], p[e], relus[src], update_stats)
+                out = y if out is None else out.add_(y)
                 e += 1
             states.append(out)
         return torch.cat(states[self.topology.n_inputs:], dim=1)
 
 
+def _module_no_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A preprocessing block (ReLUConvBN or FactorizedReduce) without updating BN running statistics."""
+    if isinstance(module, FactorizedReduce):
+        r = F.relu(x)
+        shifted = F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:]
+        return _batch_norm(module.bn, torch.cat([module.conv_1(r), module.conv_2(shifted)], dim=1), None, False)
+    _relu, conv, bn = module
+    return _batch_norm(bn, conv(F.relu(x)), None, False)
+
+
 class SuperNet(nn.Module):
-    """Stem conv 3x3 -> `layers` cells (reductions at 1/3 and 2/3) -> global pool -> linear."""
+    """Stem conv 3x3 -> `layers` cells (reductions at 1/3 and 2/3) -> global pool -> linear.
+
+    `checkpoint`: "none", "edge" (recompute each mixed op in the backward pass) or "cell"
+    (recompute each cell); less memory, more time, the same results.
+    """
 
     def __init__(
         self,
@@ -80,6 +219,7 @@ class SuperNet(nn.Module):
         stem_multiplier: int = 3,
         topology: Topology = DEFAULT_TOPOLOGY,
         primitives: tuple[str, ...] = PRIMITIVES,
+        checkpoint: str = "none",
     ):
         super().__init__()
         self.topology = topology
@@ -103,6 +243,14 @@ class SuperNet(nn.Module):
             C_pp, C_p = C_p, cell.multiplier * C_curr
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
+        self.set_checkpoint(checkpoint)
+
+    def set_checkpoint(self, mode: str) -> None:
+        if mode not in CHECKPOINT_MODES:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_MODES)}, got {mode!r}")
+        self.checkpoint = mode
+        for cell in self.cells:
+            cell.checkpoint = mode
 
     def forward(self, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
         s0 = s1 = self.stem(x)
@@ -110,3 +258,24 @@ class SuperNet(nn.Module):
             p = probs.reduce if cell.reduction else probs.normal
             s0, s1 = s1, cell(s0, s1, p)
         return self.classifier(self.global_pool(s1).flatten(1))
+
+
+def reference_forward(net: SuperNet, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
+    """`net(x, probs)` in DARTS's plain form, for tests and benchmarks.
+
+    Every edge is `sum_k p_k * op_k(x)` with each op module called whole (its own ReLU), and
+    every op output kept for the gradient of P when P requires one; same modules, same weights.
+    """
+    s0 = s1 = net.stem(x)
+    for cell in net.cells:
+        p = probs.reduce if cell.reduction else probs.normal
+        states = list(cell.preprocess(s0, s1))
+        offset = 0
+        for _node in range(cell.topology.n_nodes):
+            states.append(sum(
+                sum(w * op(h) for w, op in zip(p[offset + j], cell.edges[offset + j].ops, strict=True))
+                for j, h in enumerate(states)
+            ))
+            offset += len(states) - 1
+        s0, s1 = s1, torch.cat(states[cell.topology.n_inputs:], dim=1)
+    return net.classifier(net.global_pool(s1).flatten(1))

@@ -1,0 +1,366 @@
+"""`nge bench`: images/s and peak memory of the search and training steps, on synthetic data.
+
+    nge bench [--what supernet|embedding|eval|arch|all] [--device auto|cpu|cuda] [--batch N]
+              [--steps N] [--warmup N] [--reference] [--checkpoint none|edge|cell] [--smoke]
+              [--json] [--in-process] [KEY=VALUE ...]
+    python -m nge.bench ...    (the same, without the `nge` command)
+
+What is timed (the real step functions, on batches made before timing):
+
+- `supernet`: the search's weight step (`SearchTask.weight_step`: forward, backward, clip, SGD) of a
+  search preset's supernet (default `paper`: 8 cells, C = 16, 32x32x3 input, 10 classes, batch 32);
+- `embedding`: the search's embedding step (`SearchTask.arch_step`: P, forward, backward to the
+  parameterisation, Adam) on the same supernet;
+- `eval`: the training step of an evaluation network (`TrainTask.train_step`; default the
+  `paper-cifar10` network of DARTS_V2, 20 cells, C = 36, auxiliary head, drop-path at its final
+  value, batch 128);
+- `arch`: the parameterisation's forward alone (P from the search preset's `search.param`, with
+  autograd recording as in the embedding step). Its images/s is the batch size over that time,
+  the rate the step could reach if it did nothing else (P is computed once per batch).
+
+`--reference` adds the supernet and embedding steps in DARTS's own form (`reference_forward`: every
+op called whole, P from the parameterisation inside the step and not detached, NCHW, fp32), so the
+speed-up is measured on the same machine. Each measurement runs in a fresh process, so its peak
+memory is its own: peak RSS on CPU (`ru_maxrss`, which includes torch itself; `base_mem_mb` is the
+RSS before the first step), `torch.cuda.max_memory_allocated` on CUDA. images/s is the batch size
+over the median time of the timed steps, after the warm-up steps.
+
+KEY=VALUE overrides go to the search and/or training configuration, whichever has the key
+(e.g. `runtime.channels_last=true`, `runtime.amp=true`, `runtime.threads=2`, `model.C=8`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from nge.errors import NGEError
+
+WHATS = ("supernet", "embedding", "eval", "arch")
+REFERENCE_WHATS = ("supernet", "embedding")  # the steps that have a reference form
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--what", choices=(*WHATS, "all"), default="all", help="which step to time (default: all)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
+    p.add_argument("--batch", type=int,
+                   help="batch size (default: 32 for the supernet steps and arch, the training preset's (128) for eval; "
+                        "--smoke: the presets')")
+    p.add_argument("--steps", type=int, help="timed steps, the median is reported (default: 5; --smoke: 2)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default: 2; --smoke: 1)")
+    p.add_argument("--preset", help="search preset for supernet, embedding, arch (default: paper; --smoke: smoke)")
+    p.add_argument("--train-preset", help="training preset for eval (default: paper-cifar10; --smoke: smoke)")
+    p.add_argument("--genotype", default="DARTS_V2", help="genotype of the eval network (default: DARTS_V2)")
+    p.add_argument("--reference", action="store_true", help="also time the supernet steps in DARTS's form")
+    p.add_argument("--checkpoint", choices=("none", "edge", "cell"),
+                   help="activation checkpointing of the supernet (default: as built, none)")
+    p.add_argument("--smoke", action="store_true", help="tiny presets, 1 warm-up and 2 timed steps: seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure in this process (faster; peak memory is then the maximum so far)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: WHAT or WHAT:reference, in this process
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. runtime.channels_last=true")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds `bench` to the `nge` command's subparsers."""
+    b = subparsers.add_parser("bench", help="images/s and peak memory of the search and training steps")
+    add_arguments(b)
+    b.set_defaults(func=cmd_bench)
+    return b
+
+
+def _settings(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills the defaults that depend on --smoke and checks the numbers."""
+    s = argparse.Namespace(**vars(args))
+    s.steps = s.steps if s.steps is not None else (2 if s.smoke else 5)
+    s.warmup = s.warmup if s.warmup is not None else (1 if s.smoke else 2)
+    s.preset = s.preset or ("smoke" if s.smoke else "paper")
+    s.train_preset = s.train_preset or ("smoke" if s.smoke else "paper-cifar10")
+    if s.steps < 1 or s.warmup < 0:
+        raise NGEError(f"--steps must be >= 1 and --warmup >= 0, got {s.steps} and {s.warmup}")
+    if s.batch is not None and s.batch < 1:
+        raise NGEError(f"--batch must be >= 1, got {s.batch}")
+    return s
+
+
+def _measurements(s: argparse.Namespace) -> list[tuple[str, bool]]:
+    whats = WHATS if s.what == "all" else (s.what,)
+    out = []
+    for w in whats:
+        out.append((w, False))
+        if s.reference and w in REFERENCE_WHATS:
+            out.append((w, True))
+    return out
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def _configs(s: argparse.Namespace, kinds: set[str]) -> dict[str, Any]:
+    """The search and/or training configuration; each override goes to every one that has its key."""
+    from nge.config import SearchRunConfig, TrainRunConfig, load_config
+
+    schemas = {"search": (SearchRunConfig, s.preset), "train": (TrainRunConfig, s.train_preset)}
+    given: dict[str, list[str]] = {k: [] for k in kinds}
+    for item in s.overrides:
+        errors = []
+        for kind in kinds:
+            schema, preset = schemas[kind]
+            try:
+                load_config(schema, kind, preset, [item])
+                given[kind].append(item)
+            except NGEError as e:
+                errors.append(str(e))
+        if len(errors) == len(kinds):
+            raise NGEError(errors[0])
+    cfgs = {}
+    for kind in kinds:
+        schema, preset = schemas[kind]
+        batch = s.batch or (32 if kind == "search" and not s.smoke else None)
+        extra = [f"runtime.device={s.device}"] + ([f"data.batch_size={batch}"] if batch else [])
+        cfgs[kind] = load_config(schema, kind, preset, given[kind] + extra)
+    return cfgs
+
+
+def _synthetic(cfg, n_train: int):
+    from nge.config import to_dict
+    from nge.data import input_shape, make_synthetic
+
+    channels, size, classes = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
+    return make_synthetic(n_train=n_train, n_test=1, num_classes=classes, channels=channels, size=size)
+
+
+# ---------------------------------------------------------------------------- one measurement
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _reference_steps(task):
+    """The weight and embedding steps of `task` with the supernet in DARTS's form (reference_forward,
+    P computed by the parameterisation inside the step, not detached, NCHW, fp32)."""
+    import torch.nn.functional as F
+
+    from nge.engine import frozen, sgd_step
+    from nge.supernet import reference_forward
+
+    clip = task.cfg.search.weights.grad_clip
+
+    def weight(x, y):
+        task.net.train()
+        task.a_opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
+        sgd_step(loss, task.w_opt, task.w_params, clip)
+
+    def embedding(x, y):
+        task.net.train()
+        with frozen(task.net):
+            loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
+            sgd_step(loss, task.a_opt, task.a_params, 0.0)
+
+    return weight, embedding
+
+
+def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[str, Any]:
+    """Times one step kind in this process; returns the result row."""
+    import torch
+
+    from nge.config import to_dict, validate_search, validate_train
+    from nge.engine import Meter, resolve_device, setup_runtime
+
+    kind = "train" if what == "eval" else "search"
+    cfg = _configs(s, {kind})[kind]
+    if reference:
+        cfg.runtime.channels_last = False
+        cfg.runtime.amp = False
+    (validate_train if kind == "train" else validate_search)(cfg)
+    device = resolve_device(cfg.runtime.device)
+    setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
+    batch, n = cfg.data.batch_size, s.warmup + s.steps
+    row: dict[str, Any] = {"what": what, "form": "reference" if reference else "nge"}
+    if kind == "search":
+        from nge.search import SearchTask
+
+        data = _synthetic(cfg, 2 * batch * n)
+        cfg.data.train_portion = 0.5
+        task = SearchTask(cfg, data, device)
+        if not reference and s.checkpoint:
+            task.net.set_checkpoint(s.checkpoint)
+        batches = list(task.val_loader if what == "embedding" else task.train_loader)[:n]
+        if what == "arch":
+            def step(x, y):
+                task.arch()
+        elif reference:
+            ref = _reference_steps(task)[what == "embedding"]
+
+            def step(x, y):
+                ref(x.contiguous(), y)  # NCHW
+        elif what == "supernet":
+            probs = task.arch().detach()
+
+            def step(x, y):
+                task.weight_step(x, y, probs, Meter())
+        else:
+            def step(x, y):
+                task.arch_step(x, y, Meter())
+        row.update(preset=cfg.preset, param=cfg.search.param, C=cfg.model.C, layers=cfg.model.layers,
+                   checkpoint="none" if reference or what == "arch" else task.net.checkpoint)
+    else:
+        from nge.train import TrainTask, resolve_genotype
+
+        task = TrainTask(cfg, resolve_genotype(s.genotype), _synthetic(cfg, batch * n), device)
+        task.net.set_drop_path(cfg.model.drop_path)
+        batches = list(task.train_loader)[:n]
+
+        def step(x, y):
+            task.train_step(x, y, Meter())
+
+        row.update(preset=cfg.preset, genotype=s.genotype, C=cfg.model.C, layers=cfg.model.layers,
+                   drop_path=cfg.model.drop_path)
+    if len(batches) < n:
+        raise NGEError(f"could not make {n} batches of {batch}")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    times = []
+    t_warm = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        if i == s.warmup:
+            warmup_s = time.perf_counter() - t_warm
+        t = time.perf_counter()
+        step(x, y)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= s.warmup:
+            times.append(time.perf_counter() - t)
+    if s.warmup == 0:
+        warmup_s = 0.0
+    median = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    x0 = batches[0][0]
+    row.update(
+        images_per_s=round(batch / median, 2),
+        step_ms=round(median * 1e3, 2),
+        warmup_s=round(warmup_s, 2),
+        peak_mem_mb=round(peak, 1),
+        peak_mem_kind="cuda max_memory_allocated" if cuda else "process peak RSS",
+        base_mem_mb=round(base, 1),
+        device=str(device) if not cuda else f"cuda ({torch.cuda.get_device_name(device)})",
+        threads=torch.get_num_threads(),
+        batch=batch,
+        input=list(x0.shape[1:]),
+        channels_last=bool(cfg.runtime.channels_last),
+        # the layout the network actually gets (random crops give NHWC batches even without channels_last)
+        input_nhwc=not reference and x0.dim() == 4 and x0.shape[1] > 1 and x0.is_contiguous(memory_format=torch.channels_last),
+        amp=bool(cfg.runtime.amp),
+        steps=s.steps,
+        warmup=s.warmup,
+        torch=torch.__version__,
+        config=to_dict(cfg.runtime),
+    )
+    return row
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def _child_argv(s: argparse.Namespace, what: str, reference: bool) -> list[str]:
+    argv = ["--one", f"{what}:reference" if reference else what, "--device", s.device, "--steps", str(s.steps),
+            "--warmup", str(s.warmup), "--preset", s.preset, "--train-preset", s.train_preset,
+            "--genotype", s.genotype]
+    if s.checkpoint:
+        argv += ["--checkpoint", s.checkpoint]
+    if s.batch:
+        argv += ["--batch", str(s.batch)]
+    if s.smoke:
+        argv.append("--smoke")
+    return argv + list(s.overrides)
+
+
+def _run_child(s: argparse.Namespace, what: str, reference: bool) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "nge.bench", *_child_argv(s, what, reference)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise NGEError(f"bench {what}{' (reference)' if reference else ''} failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(s: argparse.Namespace) -> list[dict[str, Any]]:
+    s = _settings(s)
+    rows = []
+    for what, reference in _measurements(s):
+        row = measure(s, what, reference) if s.in_process else _run_child(s, what, reference)
+        rows.append(row)
+        if s.json:
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], in_process: bool) -> str:
+    lines = [f"{'step':<11} {'form':<10} {'images/s':>9} {'ms/step':>9} {'peak MB':>9}  config"]
+    for r in rows:
+        conf = f"batch {r['batch']}, {'x'.join(map(str, r['input']))}"
+        if r["what"] == "eval":
+            conf += f", {r['genotype']} {r['layers']} cells C={r['C']}"
+        else:
+            conf += f", {r['preset']} {r['layers']} cells C={r['C']}"
+            if r.get("checkpoint", "none") != "none":
+                conf += f", checkpoint {r['checkpoint']}"
+        conf += f", channels_last={r['channels_last']} (input {'NHWC' if r['input_nhwc'] else 'NCHW'}), amp={r['amp']}"
+        lines.append(f"{r['what']:<11} {r['form']:<10} {r['images_per_s']:>9.1f} {r['step_ms']:>9.1f} "
+                     f"{r['peak_mem_mb']:>9.0f}  {conf}")
+    by = {(r["what"], r["form"]): r for r in rows}
+    for w in REFERENCE_WHATS:
+        fast, ref = by.get((w, "nge")), by.get((w, "reference"))
+        if fast and ref:
+            lines.append(f"{w}: {fast['images_per_s'] / ref['images_per_s']:.2f}x the reference's images/s, "
+                         f"{fast['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x its peak memory")
+    r = rows[0]
+    lines.append(f"device {r['device']}, {r['threads']} threads, torch {r['torch']}; images/s: median of "
+                 f"{r['steps']} steps after {r['warmup']} warm-up; peak: {r['peak_mem_kind']}"
+                 + (" so far in this process" if in_process else ", each in a fresh process"))
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.one:
+        what, _, form = args.one.partition(":")
+        if what not in WHATS or form not in ("", "reference"):
+            raise NGEError(f"bad --one {args.one!r}")
+        print(json.dumps(measure(_settings(args), what, form == "reference")), flush=True)
+        return 0
+    rows = run_bench(args)
+    if not args.json:
+        print(_table(rows, args.in_process))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nge bench", description="Time the search and training steps on synthetic data.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return cmd_bench(args)
+    except NGEError as e:
+        print(f"nge bench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
