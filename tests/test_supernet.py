@@ -78,7 +78,7 @@ TOLERANCES = {
 }
 
 
-@pytest.mark.parametrize("checkpoint", ["none", "edge", "cell"])
+@pytest.mark.parametrize("checkpoint", ["none", "edge", "cell", "early"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_supernet_equals_reference_formulation(checkpoint, channels_last, dtype):

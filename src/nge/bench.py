@@ -1,7 +1,7 @@
 """`nge bench`: images/s and peak memory of the search and training steps, on synthetic data.
 
     nge bench [--what supernet|embedding|eval|arch|all] [--device auto|cpu|cuda] [--batch N]
-              [--steps N] [--warmup N] [--reference] [--checkpoint none|edge|cell] [--smoke]
+              [--steps N] [--warmup N] [--reference] [--checkpoint none|early|edge|cell] [--smoke]
               [--json] [--in-process] [KEY=VALUE ...]
     python -m nge.bench ...    (the same, without the `nge` command)
 
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-preset", help="training preset for eval (default: paper-cifar10; --smoke: smoke)")
     p.add_argument("--genotype", default="DARTS_V2", help="genotype of the eval network (default: DARTS_V2)")
     p.add_argument("--reference", action="store_true", help="also time the supernet steps in DARTS's form")
-    p.add_argument("--checkpoint", choices=("none", "edge", "cell"),
+    p.add_argument("--checkpoint", choices=("none", "early", "edge", "cell"),
                    help="activation checkpointing of the supernet (default: as built, none)")
     p.add_argument("--smoke", action="store_true", help="tiny presets, 1 warm-up and 2 timed steps: seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line per measurement")

@@ -88,7 +88,7 @@ class SupernetConfig:
     C: int = 16
     layers: int = 8
     stem_multiplier: int = 3
-    checkpoint: str = "none"  # none, edge, cell: recompute activations in the backward pass (less memory, slower)
+    checkpoint: str = "none"  # none, early, edge, cell: recompute activations in the backward pass (less memory, slower)
 
 
 @dataclass
@@ -205,7 +205,8 @@ def validate_search(cfg: SearchRunConfig) -> None:
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
     _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
            "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
-    _check(m.checkpoint in ("none", "edge", "cell"), f"model.checkpoint must be none, edge or cell, got {m.checkpoint}")
+    _check(m.checkpoint in ("none", "early", "edge", "cell"),
+           f"model.checkpoint must be none, early, edge or cell, got {m.checkpoint}")
     w, a = s.weights, s.arch
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, "search.weights.lr must be > 0 and 0 <= lr_min <= lr")
     _check(0 <= w.momentum < 1, f"search.weights.momentum must be in [0, 1), got {w.momentum}")

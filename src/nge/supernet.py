@@ -9,12 +9,14 @@ and memory:
 
 - the leading ReLU of the conv ops (and of the factorized reduce on stride-2 edges) is computed
   once per node and shared by every edge and op that reads that node;
-- every op but the identity ends in an affine-free BN, so `p_k * BN(z)` is one batch norm with
+- the pooling ops (and their affine-free BN) are parameter-free, so they are computed once per node
+  and shared by every edge leaving it;
+- every other op but the identity ends in an affine-free BN, so `p_k * BN(z)` is one batch norm with
   weight `p_k`: no separate multiply, and no op output is kept for the gradient of P (BN keeps
   its input anyway); op outputs are summed in place;
 - dilated depthwise convs that oneDNN would run through its slow gemm path (stride 2, or an image
   smaller than the dilated kernel) run as equivalent plain convs (see `_depthwise`);
-- optionally (`checkpoint="edge"` or `"cell"`) edges or whole cells are recomputed in the backward
+- optionally (`checkpoint="edge"`, `"early"` or `"cell"`) edges or whole cells are recomputed in the backward
   pass instead of keeping their activations; BN running statistics are still updated once.
 """
 
@@ -31,7 +33,7 @@ from nge.arch import CellProbs
 from nge.ops import OPS, DilConv, FactorizedReduce, Preprocess, SepConv, reduction_indices
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
 
-CHECKPOINT_MODES = ("none", "edge", "cell")
+CHECKPOINT_MODES = ("none", "early", "edge", "cell")
 
 
 def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None, update_stats: bool) -> torch.Tensor:
@@ -96,20 +98,28 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             ops.append(op)
         self.ops = nn.ModuleList(ops)
+        self.pool_ops = tuple(k for k, name in enumerate(primitives) if "pool" in name)  # the same on every edge from a node
         self.C = C
 
+    def pooled(self, x: torch.Tensor, update_stats: bool) -> dict[int, torch.Tensor]:
+        """BN(pool(x)) (unscaled) for every pooling op of this edge, keyed by op index."""
+        return {k: _batch_norm(self.ops[k][-1], self.ops[k][0](x), None, update_stats) for k in self.pool_ops}
+
     def forward(self, x: torch.Tensor, p: torch.Tensor, r: torch.Tensor | None = None,
-                update_stats: bool = True) -> torch.Tensor:
-        """The edge output, a new tensor. `r` is relu(x) when the caller has it already."""
+                update_stats: bool = True, pooled: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The edge output, a new tensor. `r` is relu(x), and `pooled` this edge's `pooled(x)`, when
+        the caller has them already (they are shared by all edges leaving one node)."""
         if r is None:
             r = F.relu(x)
+        if pooled is None:
+            pooled = self.pooled(x, update_stats)
         # p as BN weights; contiguous, since BN backward on CPU mishandles a stride-0 weight in channels_last
         scales = p.unsqueeze(-1).expand(len(self.ops), self.C).contiguous()
         out: torch.Tensor | None = None
         identity = []
         for k, op in enumerate(self.ops):
             scale = scales[k]
-            if isinstance(op, nn.Identity):
+            if isinstance(op, nn.Identity) or k in pooled:
                 identity.append(k)
                 continue
             if isinstance(op, SepConv):
@@ -119,26 +129,25 @@ class MixedOp(nn.Module):
             elif isinstance(op, FactorizedReduce):
                 shifted = F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:]
                 y = _batch_norm(op.bn, torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1), scale, update_stats)
-            elif isinstance(op, nn.Sequential) and isinstance(op[-1], nn.BatchNorm2d):  # pooling, BN
-                y = _batch_norm(op[-1], op[:-1](x), scale, update_stats)
             else:
                 raise TypeError(f"MixedOp has no fused form for {type(op).__name__}")
             out = y if out is None else out.add_(y)
-        for k in identity:
-            out = x * p[k] if out is None else out.addcmul_(x, p[k])
+        for k in identity:  # skip and the pooling ops: a p-weighted add
+            y = pooled.get(k, x)
+            out = y * p[k] if out is None else out.addcmul_(y, p[k])
         if out is None:
             raise ValueError("MixedOp needs at least one op")
         return out
 
 
-def _recomputed(fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+def _recomputed(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
     """fn(*args, update_stats=...) under activation checkpointing: recomputed in the backward pass,
     with BN running statistics updated in the first run only."""
     runs = []
 
     def run(*a):
         runs.append(None)
-        return fn(*a, update_stats=len(runs) == 1)
+        return fn(*a, **kwargs, update_stats=len(runs) == 1)
 
     return _checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
 
@@ -170,6 +179,17 @@ class SearchCell(nn.Module):
             return _recomputed(self._forward, s0, s1, p)
         return self._forward(s0, s1, p, update_stats=True)
 
+    @torch.no_grad()
+    def _share_pool_stats(self, first: int, src: int) -> None:
+        """The pooling BNs of every edge leaving node `src` see the same input: give them the
+        running statistics that the first edge's BNs have just computed."""
+        if not self.training:
+            return
+        for e, (s, _) in enumerate(self.topology.edges):
+            if s == src and e != first:
+                for k in self.edges[first].pool_ops:
+                    _copy_stats(self.edges[first].ops[k][-1], self.edges[e].ops[k][-1])
+
     def _forward(self, s0: torch.Tensor, s1: torch.Tensor, p: torch.Tensor, update_stats: bool) -> torch.Tensor:
         ckpt = self.checkpoint == "edge" and torch.is_grad_enabled()
         if update_stats:
@@ -177,20 +197,30 @@ class SearchCell(nn.Module):
         else:
             states = [_module_no_stats(self.preprocess.pre0, s0), _module_no_stats(self.preprocess.pre1, s1)]
         relus: list[torch.Tensor] = []
+        pooled: list[dict[int, torch.Tensor]] = []
         e = 0
         for _node in range(self.topology.n_nodes):
             out = None
             for src in range(len(states)):
-                if src == len(relus):
+                if src == len(relus):  # the first edge leaving node src: what all its edges share
                     relus.append(F.relu(states[src]))
+                    pooled.append(self.edges[e].pooled(states[src], update_stats))
+                    if update_stats:
+                        self._share_pool_stats(e, src)
                 if ckpt:
-                    y = _recomputed(self.edges[e], states[src], p[e], relus[src])
+                    y = _recomputed(self.edges[e], states[src], p[e], relus[src], pooled=pooled[src])
                 else:
-                    y = self.edges[e](states[src], p[e], relus[src], update_stats)
+                    y = self.edges[e](states[src], p[e], relus[src], update_stats, pooled[src])
                 out = y if out is None else out.add_(y)
                 e += 1
             states.append(out)
         return torch.cat(states[self.topology.n_inputs:], dim=1)
+
+
+def _copy_stats(src: nn.BatchNorm2d, dst: nn.BatchNorm2d) -> None:
+    dst.running_mean.copy_(src.running_mean)
+    dst.running_var.copy_(src.running_var)
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 
 def _module_no_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -206,8 +236,9 @@ def _module_no_stats(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class SuperNet(nn.Module):
     """Stem conv 3x3 -> `layers` cells (reductions at 1/3 and 2/3) -> global pool -> linear.
 
-    `checkpoint`: "none", "edge" (recompute each mixed op in the backward pass) or "cell"
-    (recompute each cell); less memory, more time, the same results.
+    `checkpoint`: "none", "edge" (recompute each mixed op in the backward pass), "early" ("edge"
+    in the cells before the second reduction, whose large maps hold most of the memory and are
+    cheap to recompute) or "cell" (recompute each cell); less memory, more time, the same results.
     """
 
     def __init__(
@@ -249,8 +280,9 @@ class SuperNet(nn.Module):
         if mode not in CHECKPOINT_MODES:
             raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_MODES)}, got {mode!r}")
         self.checkpoint = mode
-        for cell in self.cells:
-            cell.checkpoint = mode
+        second_reduction = reduction_indices(len(self.cells))[1]
+        for i, cell in enumerate(self.cells):
+            cell.checkpoint = ("edge" if i < second_reduction else "none") if mode == "early" else mode
 
     def forward(self, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
         s0 = s1 = self.stem(x)
