@@ -88,6 +88,11 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
         raise NGEError(f"--steps must be >= 1 and --warmup >= 0, got {s.steps} and {s.warmup}")
     if s.batch is not None and s.batch < 1:
         raise NGEError(f"--batch must be >= 1, got {s.batch}")
+    if s.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NGEError("--device cuda but no CUDA device is available")
     return s
 
 
