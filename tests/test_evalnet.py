@@ -222,3 +222,28 @@ def test_imagenet_aux_in_training():
     net = NetworkImageNet(DARTS_V2, C=8, num_classes=10, layers=3).train()
     logits, aux = net(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 10) and aux.shape == (2, 10)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride, size", [(1, 4), (1, 6), (1, 16), (2, 8), (2, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dil_conv_fast_forms_equal_the_plain_conv(kernel, stride, size, channels_last):
+    """DilConv runs dilated depthwise convs on sub-sampled or parity-split maps where oneDNN is slow;
+    outputs and gradients must equal the layer-by-layer form (float64, to rounding)."""
+    from nge.ops import DilConv
+
+    torch.manual_seed(0)
+    op = DilConv(6, 8, kernel, stride, kernel - 1, 2).double()
+    x = torch.randn(3, 6, size, size, dtype=torch.float64)
+    if channels_last:
+        op = op.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fast = op(x)
+    plain = nn.Sequential.forward(op, x)
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(plain)
+    ga = torch.autograd.grad(fast, [x, *op.parameters()], g)
+    gb = torch.autograd.grad(plain, [x, *op.parameters()], g)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -15,7 +15,7 @@ and memory:
   weight `p_k`: no separate multiply, and no op output is kept for the gradient of P (BN keeps
   its input anyway); op outputs are summed in place;
 - dilated depthwise convs that oneDNN would run through its slow gemm path (stride 2, or an image
-  smaller than the dilated kernel) run as equivalent plain convs (see `_depthwise`);
+  smaller than the dilated kernel) run as equivalent plain convs (`ops.depthwise_conv`);
 - optionally (`checkpoint="edge"`, `"early"` or `"cell"`) edges or whole cells are recomputed in the backward
   pass instead of keeping their activations; BN running statistics are still updated once.
 """
@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from nge.arch import CellProbs
-from nge.ops import OPS, DilConv, FactorizedReduce, Preprocess, SepConv, reduction_indices
+from nge.ops import OPS, DilConv, FactorizedReduce, Preprocess, SepConv, depthwise_conv, reduction_indices
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
 
 CHECKPOINT_MODES = ("none", "early", "edge", "cell")
@@ -55,35 +55,10 @@ def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor | None,
     return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None, training, momentum, bn.eps)
 
 
-def _depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for a depthwise conv; dilation-2 convs in an equivalent form that oneDNN runs faster.
-
-    With dilation 2 and padding k - 1, output pixel (h, w) reads only input pixels of its own
-    parity: stride 2 reads only the even pixels, so it is a plain conv of x[::2, ::2]; stride 1
-    on an image too small for oneDNN's direct kernel is a plain conv of each of the four parity
-    sub-images. Same products and sums, no approximation.
-    """
-    k, dilation, stride, padding = conv.kernel_size[0], conv.dilation[0], conv.stride[0], conv.padding[0]
-    if dilation != 2 or padding != k - 1 or k % 2 == 0 or conv.kernel_size[1] != k or conv.groups != x.shape[1] \
-            or conv.dilation[1] != 2 or conv.stride[1] != stride or conv.padding[1] != padding or conv.bias is not None:
-        return conv(x)
-    half = (k - 1) // 2
-    if stride == 2:
-        return F.conv2d(x[:, :, ::2, ::2], conv.weight, None, 1, half, 1, conv.groups)
-    N, C, H, W = x.shape
-    if stride != 1 or H % 2 or W % 2 or min(H, W) >= 2 * k - 1:
-        return conv(x)
-    phases = x.reshape(N, C, H // 2, 2, W // 2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4 * N, C, H // 2, W // 2)
-    y = F.conv2d(phases.contiguous(memory_format=torch.channels_last), conv.weight, None, 1, half, 1, conv.groups)
-    y = y.reshape(2, 2, N, C, H // 2, W // 2).permute(2, 3, 4, 0, 5, 1).reshape(N, C, H, W)
-    return y.contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                        else torch.contiguous_format)
-
-
 def _dil_conv(block: DilConv, r: torch.Tensor, scale: torch.Tensor | None, update_stats: bool) -> torch.Tensor:
     """`scale * block(x)` from r = relu(x): the DilConv without its leading ReLU."""
     _relu, depthwise, pointwise, bn = block
-    return _batch_norm(bn, pointwise(_depthwise(depthwise, r)), scale, update_stats)
+    return _batch_norm(bn, pointwise(depthwise_conv(depthwise, r)), scale, update_stats)
 
 
 class MixedOp(nn.Module):
@@ -295,7 +270,7 @@ class SuperNet(nn.Module):
 def reference_forward(net: SuperNet, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
     """`net(x, probs)` in DARTS's plain form, for tests and benchmarks.
 
-    Every edge is `sum_k p_k * op_k(x)` with each op module called whole (its own ReLU), and
+    Every edge is `sum_k p_k * op_k(x)` with each op called whole (its own ReLU, plain convs), and
     every op output kept for the gradient of P when P requires one; same modules, same weights.
     """
     s0 = s1 = net.stem(x)
@@ -305,9 +280,19 @@ def reference_forward(net: SuperNet, x: torch.Tensor, probs: CellProbs) -> torch
         offset = 0
         for _node in range(cell.topology.n_nodes):
             states.append(sum(
-                sum(w * op(h) for w, op in zip(p[offset + j], cell.edges[offset + j].ops, strict=True))
+                sum(w * _plain(op, h) for w, op in zip(p[offset + j], cell.edges[offset + j].ops, strict=True))
                 for j, h in enumerate(states)
             ))
             offset += len(states) - 1
         s0, s1 = s1, torch.cat(states[cell.topology.n_inputs:], dim=1)
     return net.classifier(net.global_pool(s1).flatten(1))
+
+
+def _plain(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`op(x)` with every Sequential (DilConv, SepConv included) run layer by layer, so dilated
+    convs take their plain form too."""
+    if isinstance(op, nn.Sequential):
+        for layer in op:
+            x = _plain(layer, x)
+        return x
+    return op(x)
