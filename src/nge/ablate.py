@@ -26,7 +26,7 @@ from nge.config import (
     validate_search,
     validate_train,
 )
-from nge.engine import RunDir, atomic_write_text
+from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.search import run_search
 from nge.train import run_train
@@ -68,6 +68,7 @@ def _run_or_resume(path: Path, run: Callable[..., dict]) -> dict:
 
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,
                  log=print) -> list[dict]:
+    single_process("nge ablate")
     configs = _configs(acfg, overrides)
     out = Path(out)
     if force and resume:

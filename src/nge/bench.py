@@ -88,6 +88,8 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
         raise NGEError(f"--steps must be >= 1 and --warmup >= 0, got {s.steps} and {s.warmup}")
     if s.batch is not None and s.batch < 1:
         raise NGEError(f"--batch must be >= 1, got {s.batch}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NGEError("nge bench runs in one process; start it without torchrun")
     if s.device == "cuda":
         import torch
 

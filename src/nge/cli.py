@@ -58,7 +58,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
 
     out = Path(args.dir)
-    if out.exists() and any(out.iterdir()):
+    if not 0 <= args.seed < 2**31:
+        raise NGEError(f"--seed must be in [0, 2^31), got {args.seed}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NGEError(f"{out} already exists and is not empty; choose a new folder")
     if args.layout == "imagenet":
         write_synthetic_imagefolder(out, seed=args.seed)
@@ -114,7 +116,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         channels, size, classes = _input_shape(cfg)
         net = build_supernet(cfg, channels, classes)
         arch = build_arch(cfg.search.param)
-        probs = arch()
+        with torch.no_grad():
+            probs = arch()
         x = torch.zeros(1, channels, size, size)
         result = {"preset": args.preset, "network": "supernet", "input": [channels, size, size],
                   "params": count_params(net), "arch_params": count_params(arch),
@@ -149,6 +152,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _run_arguments(p: argparse.ArgumentParser, kind: str, overrides_help: str) -> None:
+    """--out, --force, --resume and KEY=VALUE overrides: every command that writes a run directory."""
+    p.add_argument("--out", help=f"run directory (default: runs/{kind}-PRESET-TIME)")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nge import __version__
 
@@ -158,20 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search a cell and write a run directory")
     s.add_argument("--preset", default="quick", help="search preset (default: quick)")
-    s.add_argument("--out", help="run directory (default: runs/search-PRESET-TIME)")
-    s.add_argument("--force", action="store_true", help="replace an existing run directory")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. search.epochs=10")
+    _run_arguments(s, "search", "config overrides, e.g. search.epochs=10")
     s.set_defaults(func=cmd_search)
 
     t = sub.add_parser("train", help="train a genotype from scratch and report test accuracy")
     t.add_argument("--genotype", required=True, metavar="FILE_OR_NAME",
                    help="genotype.json, a search run directory, or a built-in name (DARTS_V1, DARTS_V2)")
     t.add_argument("--preset", default="quick", help="training preset (default: quick)")
-    t.add_argument("--out", help="run directory (default: runs/train-PRESET-TIME)")
-    t.add_argument("--force", action="store_true", help="replace an existing run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=10")
+    _run_arguments(t, "train", "config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("segment", help="DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012")
@@ -179,10 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", metavar="CHECKPOINT", help="model.pt of an nge train ImageNet run (its genotype is used)")
     g.add_argument("--genotype", metavar="FILE_OR_NAME",
                    help="without --backbone: a randomly initialised backbone of this genotype")
-    g.add_argument("--out", help="run directory (default: runs/segment-PRESET-TIME)")
-    g.add_argument("--force", action="store_true", help="replace an existing run directory")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.root=DIR")
+    _run_arguments(g, "segment", "config overrides, e.g. data.root=DIR")
     g.set_defaults(func=cmd_segment)
 
     y = sub.add_parser("synth", help="write a tiny synthetic data set in the ImageNet or VOC on-disk layout")

@@ -266,7 +266,8 @@ def validate_train(cfg: TrainRunConfig) -> None:
     _check(m.mult_adds_limit is None or m.mult_adds_limit > 0, "model.mult_adds_limit must be > 0 or null")
     d = cfg.data
     if d.name == DataName.imagenet:
-        _check(d.crop_pad == 0 and d.cutout == 0, "data.crop_pad and data.cutout do not apply to imagenet: set them to 0")
+        _check(d.crop_pad == 0 and d.cutout == 0 and d.flip,
+               "imagenet training always flips and takes random-resized crops: data.flip=true, data.crop_pad=0, data.cutout=0")
 
 
 @dataclass
@@ -300,7 +301,7 @@ class SegModelConfig:
     layers: int = 14
     output_stride: int = 16
     aspp_channels: int = 256
-    rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    rates: list[int] = field(default_factory=lambda: [6, 12, 18])  # at output stride 16; scaled at 8 and 32
 
 
 @dataclass
@@ -330,7 +331,7 @@ def validate_segment(cfg: SegmentRunConfig) -> None:
     _check(d.batch_size >= 2, f"data.batch_size must be >= 2 (batch norm in the image-pooling branch), got {d.batch_size}")
     _check(d.crop >= 16 and d.workers >= 0, "data.crop must be >= 16 and data.workers >= 0")
     _check(0 < d.scale_min <= d.scale_max, f"need 0 < data.scale_min <= data.scale_max, got {d.scale_min}, {d.scale_max}")
-    _check(d.limit is None or d.limit >= 1, f"data.limit must be >= 1 or null, got {d.limit}")
+    _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
     _check(m.C >= 2 and m.C % 2 == 0 and m.layers >= 3, "model.C must be even and >= 2, model.layers >= 3")
     _check(m.output_stride in (8, 16, 32), f"model.output_stride must be 8, 16 or 32, got {m.output_stride}")
     _check(m.aspp_channels >= 1 and len(m.rates) >= 1 and min(m.rates) >= 1,

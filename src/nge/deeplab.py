@@ -65,7 +65,9 @@ class DeepLabV3(nn.Module):
         backbone.set_output_stride(output_stride)
         self.backbone = backbone
         self.output_stride = output_stride
-        self.aspp = ASPP(backbone.stack.out_channels, aspp_channels, rates)
+        # the rates are for output stride 16 and scale with the map (DeepLabv3 doubles them at 8)
+        self.aspp = ASPP(backbone.stack.out_channels, aspp_channels,
+                         [max(1, r * 16 // output_stride) for r in rates])
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,14 +54,20 @@ def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch
             torch.cuda.set_device(dev)
         elif threads:
             threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if not dist.is_initialized():  # NCCL for CUDA tensors, gloo for the few CPU ones (P checks, counters)
+            dist.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
     if threads:
         torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return dev
+
+
+def single_process(command: str) -> None:
+    """Refuses to run `command` under torchrun (it has no data-parallel form)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise NGEError(f"{command} runs in one process; start it without torchrun")
 
 
 def world() -> tuple[int, int]:
@@ -99,13 +105,6 @@ def check_same_everywhere(t: torch.Tensor, what: str) -> None:
         raise NGEError(f"the processes disagree on {what} (largest difference {float((hi + lo).max()):.3g})")
 
 
-def barrier() -> None:
-    if world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` wrapped in DistributedDataParallel under torchrun (gradients averaged over the
     processes during backward); `module` itself otherwise."""
@@ -118,8 +117,8 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     # 1x1 conv weight gradients can differ from their bucket's strides only on size-1 dimensions,
     # the same memory layout; torch warns about it on every step.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                   gradient_as_bucket_view=True)
+    # no device_ids: inputs are already on the device, and the parameterisation is called without any
+    return DistributedDataParallel(module, gradient_as_bucket_view=True)
 
 
 def shutdown() -> None:
@@ -212,13 +211,16 @@ class Meter:
         self.n = 0
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        n = y.shape[0]
         logits = logits.detach()
-        self.loss = self.loss + loss.detach().float() * n
-        self.correct = self.correct + (logits.argmax(1) == y).sum()
+        self.add(loss, (logits.argmax(1) == y).sum(), y.shape[0])
         if self.correct5 is not None:
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             self.correct5 = self.correct5 + (top == y[:, None]).any(1).sum()
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int | torch.Tensor) -> None:
+        """A mean loss over n predictions of which `correct` were right (n may stay on the device)."""
+        self.loss = self.loss + loss.detach().float() * n
+        self.correct = self.correct + correct
         self.n += n
 
     def state_dict(self) -> dict:
@@ -515,8 +517,13 @@ def fit(
     ckpt_path = run.file(RunDir.CHECKPOINT)
     history: list[dict] = []
     start, cursor, saved_meters, elapsed = 0, {}, {}, 0.0
+    main, procs = is_main(), world()[1]
+    distributed = procs > 1
     if resume:
         ckpt = load_checkpoint(ckpt_path)
+        if int(ckpt.get("processes", 1)) != procs:  # the global batch, steps per epoch and cursor depend on it
+            raise NGEError(f"cannot resume: the run used {ckpt.get('processes', 1)} process(es), this is {procs}; "
+                           "resume with the same number (data.batch_size is per process)")
         if int(ckpt["epoch"]) > epochs or (int(ckpt["epoch"]) == epochs and ckpt.get("cursor")):
             raise NGEError(f"cannot resume: the checkpoint is past epoch {epochs}; ask for more epochs")
         try:
@@ -530,17 +537,14 @@ def fit(
         cursor, saved_meters = dict(ckpt.get("cursor", {})), dict(ckpt.get("meters", {}))
         elapsed = float(ckpt.get("elapsed", 0.0))
 
-    main, distributed = is_main(), world()[1] > 1
-
     def checkpoint(epoch: int, **inside) -> None:
-        if not main:  # under torchrun the processes hold the same state; the first one writes it
-            return
         state = task.state_dict()
-        if not _all_finite(state):
+        if not _all_finite(state):  # on every process (they hold the same state), so all stop together
             raise NGEError(f"non-finite weights or statistics in epoch {epoch + 1}; not checkpointed, the last good "
                            f"checkpoint in {run.path} is kept")
-        save_checkpoint({"epoch": epoch, "task": state, "metrics": history, "rng": rng_state(), **inside,
-                         **(extra or {})}, ckpt_path)
+        if main:  # under torchrun the first process writes
+            save_checkpoint({"epoch": epoch, "task": state, "metrics": history, "rng": rng_state(), "processes": procs,
+                             **inside, **(extra or {})}, ckpt_path)
 
     with _StopSignals() as stop:
         for epoch in range(start, epochs):
@@ -548,7 +552,7 @@ def fit(
             phases = task.begin_epoch(epoch)
             meters: dict[str, Meter] = defaultdict(Meter)
             for name, m in saved_meters.items():
-                meters[name].load_state_dict(m)
+                meters[name].load_state_dict(m if main else {k: 0 for k in m})
             for p in phases:
                 done = cursor.get(p.name, 0)
                 desc = f"epoch {epoch + 1}/{epochs} {p.name}"
@@ -561,7 +565,14 @@ def fit(
                         raise NGEError(f"non-finite {e} at epoch {epoch + 1}, {p.name} step {i + 1}; the last good "
                                        f"checkpoint in {run.path} is kept (runtime.nonfinite=skip skips such steps)") from None
                     cursor[p.name] = i + 1
-                    if stop.received and not distributed:  # under torchrun: at the epoch's end, together
+                    if distributed:  # every few steps the processes agree whether any of them was signalled
+                        if (i + 1) % STOP_POLL_STEPS == 0 and _any_process(stop.received is not None, task):
+                            stop.received = stop.received or "a signal to another process"
+                        elif (i + 1) % STOP_POLL_STEPS:
+                            continue
+                    if stop.received:
+                        for name in sorted(meters):  # the partial sums of all processes, held by the first on resume
+                            meters[name].all_reduce()
                         checkpoint(epoch, cursor=cursor, meters={k: m.state_dict() for k, m in meters.items()},
                                    elapsed=time.perf_counter() - t0)
                         raise NGEError(f"stopped by {stop.received} at epoch {epoch + 1}, {p.name} step {i + 1}; "
@@ -579,16 +590,20 @@ def fit(
                     log(_format_row(row, epochs))
             stopping = stop.received is not None
             if distributed:  # every process stops if any was asked to
-                stopping = bool(all_reduce_sum(torch.tensor([float(stopping)], device=_device_of(task))).item())
+                stopping = _any_process(stopping, task)
             if stopping and epoch + 1 < epochs:
                 raise NGEError(f"stopped by {stop.received or 'a signal'} after epoch {epoch + 1}; checkpoint saved, "
                                f"continue with {resume_hint}")
     return history
 
 
-def _device_of(task: EpochTask) -> torch.device:
-    """The device collectives run on: the task's, or the CPU (gloo)."""
-    return getattr(task, "device", torch.device("cpu"))
+STOP_POLL_STEPS = 10  # under torchrun, how often the processes agree on a stop request (torchrun kills after 30 s)
+
+
+def _any_process(flag: bool, task: EpochTask) -> bool:
+    """True on every process if `flag` is true on any (a collective: all processes must call it)."""
+    device = getattr(task, "device", torch.device("cpu"))
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item())
 
 
 def _format_row(row: dict, epochs: int) -> str:

@@ -171,7 +171,7 @@ class CellStack(nn.Module):
     def dilate(self, reductions: int) -> None:
         """Replaces the stride of the last `reductions` reduction cells by dilation (DeepLab's atrous
         backbone): a converted cell keeps its resolution, and the 3x3/5x5 convs of every cell after it
-        are dilated 2x more, so receptive fields stay those of the strided network. In place; the
+        are dilated 2x more (pooling is not dilated). In place; the
         weights are unchanged, so a classification checkpoint loads before or after."""
         if not 0 <= reductions <= 2:
             raise ValueError(f"a cell stack has 2 reductions, cannot dilate {reductions}")

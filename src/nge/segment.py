@@ -9,7 +9,6 @@ only measured and reported: the final weights are those of the last epoch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from nge import viz
 from nge.config import EvalNetConfig, SegmentRunConfig, to_dict, to_yaml, validate_segment
-from nge.deeplab import DeepLabV3, backbone_state, confusion_matrix, iou_per_class
+from nge.deeplab import DeepLabV3, backbone_state, confusion_matrix, iou_per_class, mean_iou
 from nge.engine import (
     Meter,
     Phase,
@@ -34,6 +33,7 @@ from nge.engine import (
     set_lr,
     setup_runtime,
     sgd_step,
+    single_process,
 )
 from nge.errors import NGEError
 from nge.evalnet import NetworkImageNet
@@ -57,8 +57,12 @@ def load_backbone(path: Path) -> tuple[NetworkImageNet, Genotype]:
     m = {**to_dict(EvalNetConfig()), **cfg.get("model", {})}
     net = NetworkImageNet(genotype, C=m["C"], num_classes=int(ckpt.get("num_classes", 1000)), layers=m["layers"],
                           auxiliary=False)
-    state = backbone_state(ckpt["task"]["net"])
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        state = backbone_state(ckpt["task"]["net"])
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except (KeyError, TypeError, RuntimeError) as e:  # no weights, or weights of another shape
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise NGEError(f"backbone checkpoint {path} does not fit its own network ({first})") from None
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:
         what = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
@@ -106,7 +110,7 @@ class SegmentTask:
         loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
         if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
             keep = y != IGNORE  # pixel accuracy over labelled pixels
-            meter.update(loss, logits.detach().permute(0, 2, 3, 1)[keep], y[keep])
+            meter.add(loss, ((logits.detach().argmax(1) == y) & keep).sum(), keep.sum())
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
         self.lr = poly_lr(self.cfg.train.lr, self.steps, self.cfg.train.epochs * len(self.train_loader),
@@ -134,7 +138,7 @@ class SegmentTask:
             conf += confusion_matrix(self.predict(x), y.to(self.device), NUM_CLASSES, IGNORE)
         conf = conf.cpu()
         self.ious = iou_per_class(conf)
-        return {"val_miou": float(self.ious.nanmean()), "val_acc": float(conf.diag().sum() / conf.sum().clamp(min=1))}
+        return {"val_miou": mean_iou(conf), "val_acc": float(conf.diag().sum() / conf.sum().clamp(min=1))}
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps}
@@ -199,14 +203,13 @@ def resolve_backbone(cfg: SegmentRunConfig, backbone: str | None, genotype_spec:
 def run_segment(cfg: SegmentRunConfig, out: Path, backbone: str | None = None, genotype: str | None = None,
                 force: bool = False, resume: bool = False, log=print) -> dict:
     """Validate, build, read data, train, write the run directory. Returns the summary."""
+    single_process("nge segment")
     validate_segment(cfg)
     RunDir.check(out, force, resume)
     if resume:
         check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
-    net, origin = resolve_backbone(cfg, backbone, genotype)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise NGEError("nge segment runs in one process; start it without torchrun")
     device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
+    net, origin = resolve_backbone(cfg, backbone, genotype)  # after seeding: a fresh backbone follows runtime.seed
     model = build_segmenter(cfg, net)
     task = SegmentTask(cfg, model, device)
     run = RunDir.create(out, force, resume)

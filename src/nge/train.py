@@ -129,7 +129,6 @@ class TrainTask:
             data = tensor_data(cfg, data, device)
         self.cfg = cfg
         self.device = device
-        self.data = data
         self.net = build_network(cfg, genotype, data.in_channels, data.num_classes).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
