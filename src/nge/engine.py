@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch.device:
     """Seeds, threads, and the device. Under `torchrun` (WORLD_SIZE > 1) also joins the process
     group (NCCL on CUDA, gloo on CPU); each process then uses cuda:LOCAL_RANK or 1/LOCAL_WORLD_SIZE of
-    the CPU threads. Every process gets the same seed, so they build identical models."""
+    the CPU threads."""
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
@@ -60,7 +60,9 @@ def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch
         torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    # per process, so drop-path masks differ between processes; the models still start identical,
+    # since DistributedDataParallel copies the first process's weights to the others
+    torch.manual_seed(seed + int(os.environ.get("RANK", "0")))
     return dev
 
 
@@ -122,10 +124,14 @@ def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
 
 
 def shutdown() -> None:
-    """Leaves the process group, if this process joined one."""
+    """Leaves the process group, if this process joined one. Call it once no DistributedDataParallel
+    module is referenced any more (one destroyed after the group aborts the process)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -23,8 +23,7 @@ def main() -> None:
 
         SearchTask.__init__ = init
         summary = run_search(load_config(SearchRunConfig, "search", "smoke", overrides), Path(out), log=lambda m: None)
-        task = captured["task"]
-        extra = {"p_history": [[p.normal.tolist(), p.reduce.tolist()] for p in task.p_history]}
+        extra = {"p_history": [[p.normal.tolist(), p.reduce.tolist()] for p in captured.pop("task").p_history]}
     else:
         from nge.train import run_train
 
