@@ -94,7 +94,8 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
     return TrainData(
         BatchLoader(train, d.batch_size, shuffle=True, drop_last=True, augment=Augment(d.crop_pad, d.flip, d.cutout),
                     **common),
-        BatchLoader(data.test, max(d.batch_size, 256), **common),
+        # test batches of at least 256 images in all, split over the processes
+        BatchLoader(data.test, -(-max(d.batch_size, 256) // world()[1]), **common),
         data.in_channels, data.num_classes, data.image_size, describe(data), len(train),
     )
 
