@@ -112,6 +112,23 @@ def test_imagefolder_deterministic_per_seed_and_epoch(inet):
     assert same(a, batches(other))
 
 
+def test_resumed_epoch_skips_to_the_same_batches(inet):
+    loader = imagenet_loader(inet, "train", True, batch_size=3, workers=0, seed=2, size=32, resize=40)
+    loader.set_epoch(1)
+    full = batches(loader)
+    assert len(full) >= 3
+    assert same(full[1:], list(loader.batches_from(1)))
+
+
+def test_sharded_loaders_split_each_global_batch(inet):
+    kw = dict(batch_size=2, workers=0, seed=4, size=32, resize=40)
+    whole = batches(imagenet_loader(inet, "train", True, batch_size=4, workers=0, seed=4, size=32, resize=40))
+    parts = [batches(imagenet_loader(inet, "train", True, shard=(r, 2), **kw)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for (x0, y0), (x1, y1), (x, y) in zip(*parts, whole, strict=True):
+        assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
+
+
 def test_workers_do_not_change_batches(inet, voc):
     kw = dict(batch_size=4, seed=1, size=40, resize=48)
     for train in (True, False):

@@ -110,3 +110,44 @@ def test_paper_voc_preset_one_step_at_full_size(tmp_path):
     before = model.classifier.weight.clone()
     task.train_step(x, y, Meter())
     assert task.lr == pytest.approx(0.007) and not torch.equal(before, model.classifier.weight)
+
+
+def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp_path):
+    import os
+    import signal
+
+    from nge.engine import RunDir, fit
+    from nge.errors import NGEError
+    from nge.train import TrainTask, load_train_data
+
+    root = write_synthetic_imagefolder(tmp_path / "imagenet")
+    cfg = load_config(TrainRunConfig, "train", "smoke-imagenet", [*QUIET, f"data.root={root}", "data.workers=0",
+                                                                   "train.epochs=3"])
+
+    def task() -> TrainTask:
+        torch.manual_seed(0)
+        return TrainTask(cfg, DARTS_V2, load_train_data(cfg, torch.device("cpu")), torch.device("cpu"))
+
+    want = fit(task(), 3, RunDir.create(tmp_path / "full", False, False))
+    stopped = task()
+    steps = len(stopped.train_loader)
+    real, calls = stopped.train_step, {"n": 0}
+
+    def step(x, y, meter):
+        calls["n"] += 1
+        if calls["n"] == steps + 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(x, y, meter)
+
+    stopped.train_step = step
+    run = RunDir.create(tmp_path / "run", False, False)
+    with pytest.raises(NGEError, match="epoch 2, train step 2"):
+        fit(stopped, 3, run)
+    resumed = task()
+    skipped = []
+    real_from = resumed.train_loader.batches_from
+    resumed.train_loader.batches_from = lambda first: skipped.append(first) or real_from(first)
+    got = fit(resumed, 3, run, resume=True)
+    assert skipped[0] == 2  # epoch 2 started at batch 2 instead of decoding batches 0 and 1 again
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(got) == strip(want)

@@ -562,7 +562,10 @@ def fit(
             for p in phases:
                 done = cursor.get(p.name, 0)
                 desc = f"epoch {epoch + 1}/{epochs} {p.name}"
-                for i, batch in enumerate(progress(p.batches, p.total, desc, show_progress and main)):
+                batches, first = p.batches, 0
+                if done and hasattr(batches, "batches_from"):  # a loader that can skip without replaying
+                    batches, first = batches.batches_from(done), done
+                for i, batch in enumerate(progress(batches, p.total - first, desc, show_progress and main), start=first):
                     if i < done:
                         continue  # replayed for its random numbers; done before the interruption
                     try:

@@ -460,11 +460,19 @@ class ImageLoader:
                 for i in order[start + self.rank * b: start + (self.rank + 1) * b]]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches_from(0)
+
+    def batches_from(self, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from number `first` on, without decoding the ones before (a resumed
+        epoch): each image's augmentation depends only on (seed, epoch, index), so they are the same."""
         self.dataset.set_epoch(self.epoch)  # workers copy the data set, epoch included, at iter()
         loader = DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            sampler=self._order(),
+            sampler=self._order()[first * self.batch_size:],
+            # its own generator: a DataLoader otherwise draws its worker seed from torch's global one,
+            # which would shift the drop-path masks of a resumed run
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.workers,
             drop_last=self.drop_last,
             pin_memory=False,
