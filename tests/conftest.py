@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import struct
 from pathlib import Path
 
@@ -42,6 +44,24 @@ def make_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> Path:
         labels = rng.integers(0, 10, per_batch)
         write_cifar_batch(folder / name, images, labels)
     return root
+
+
+def sigterm_at_step(task, call: int) -> None:
+    """Send this process SIGTERM during the `call`-th training step of `task` (1-based)."""
+    real, calls = task.train_step, {"n": 0}
+
+    def step(x, y, meter):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(x, y, meter)
+
+    task.train_step = step
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the wall-clock field, for exact comparison of runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 @pytest.fixture

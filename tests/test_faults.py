@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import sigterm_at_step, without_seconds
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
 from nge.data import make_synthetic
 from nge.engine import RunDir, fit, load_checkpoint
@@ -120,23 +121,14 @@ def test_signal_mid_phase_checkpoints_the_position_and_resumes_exactly(tmp_path)
     full = tiny_train("train.epochs=3")
     want = fit(full, 3, RunDir.create(tmp_path / "full", False, False))
     task = tiny_train("train.epochs=3")
-    real, calls = task.train_step, {"n": 0}
-
-    def step(x, y, meter):
-        calls["n"] += 1
-        if calls["n"] == len(task.train_loader) + 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(x, y, meter)
-
-    task.train_step = step
+    sigterm_at_step(task, len(task.train_loader) + 3)
     run = RunDir.create(tmp_path / "run", False, False)
     with pytest.raises(NGEError, match="stopped by SIGTERM at epoch 2, train step 3"):
         fit(task, 3, run)
     ckpt = load_checkpoint(run.file("checkpoint.pt"))
     assert ckpt["epoch"] == 1 and ckpt["cursor"] == {"train": 3} and ckpt["meters"]["train"]["n"] == 3 * 16
     got = fit(tiny_train("train.epochs=3"), 3, run, resume=True)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    assert strip(got) == strip(want)
+    assert without_seconds(got) == without_seconds(want)
 
 
 def tiny_train(*overrides: str) -> TrainTask:

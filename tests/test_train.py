@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cifar10
+from conftest import make_cifar10, without_seconds
 from nge.cli import main
 from nge.config import TrainRunConfig, available_presets, load_config, validate_train
 from nge.data import make_synthetic
@@ -49,8 +49,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     fit(tiny_task("train.epochs=3"), 1, run)
     resumed = tiny_task("train.epochs=3")
     b = fit(resumed, 3, run, resume=True)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    assert strip(a) == strip(b)
+    assert without_seconds(a) == without_seconds(b)
     for (k, v), w in zip(full.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
 

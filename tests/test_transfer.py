@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from conftest import sigterm_at_step, without_seconds
 from nge.cli import main
 from nge.config import SegmentRunConfig, TrainRunConfig, load_config, validate_segment, validate_train
 from nge.engine import Meter, linear_lr, poly_lr
@@ -113,9 +114,6 @@ def test_paper_voc_preset_one_step_at_full_size(tmp_path):
 
 
 def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp_path):
-    import os
-    import signal
-
     from nge.engine import RunDir, fit
     from nge.errors import NGEError
     from nge.train import TrainTask, load_train_data
@@ -130,16 +128,7 @@ def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp
 
     want = fit(task(), 3, RunDir.create(tmp_path / "full", False, False))
     stopped = task()
-    steps = len(stopped.train_loader)
-    real, calls = stopped.train_step, {"n": 0}
-
-    def step(x, y, meter):
-        calls["n"] += 1
-        if calls["n"] == steps + 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(x, y, meter)
-
-    stopped.train_step = step
+    sigterm_at_step(stopped, len(stopped.train_loader) + 2)
     run = RunDir.create(tmp_path / "run", False, False)
     with pytest.raises(NGEError, match="epoch 2, train step 2"):
         fit(stopped, 3, run)
@@ -149,5 +138,4 @@ def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp
     resumed.train_loader.batches_from = lambda first: skipped.append(first) or real_from(first)
     got = fit(resumed, 3, run, resume=True)
     assert skipped[0] == 2  # epoch 2 started at batch 2 instead of decoding batches 0 and 1 again
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    assert strip(got) == strip(want)
+    assert without_seconds(got) == without_seconds(want)

@@ -85,6 +85,23 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def process_note(batch_size: int) -> str:
+    """The log's note on the effective batch under torchrun ('' in one process)."""
+    procs = world()[1]
+    return f"; {procs} processes x batch {batch_size} = batch {procs * batch_size}" if procs > 1 else ""
+
+
+def main_log(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` in the first process, silence in the others."""
+    return log if is_main() else (lambda _msg: None)
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch from a worker loader arrives on the CPU; device-resident batches pass through."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over processes, in place (a no-op in a single process)."""
     if world()[1] > 1:

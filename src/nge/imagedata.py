@@ -411,7 +411,7 @@ class ImageLoader:
         workers: int,
         seed: int,
         shuffle: bool,
-        drop_last: bool,
+        drop_last: bool | None,
         num_classes: int,
         classes: Sequence[str],
         limit: int | None = None,
@@ -432,6 +432,8 @@ class ImageLoader:
             self.indices = list(range(n))
         # data parallel: global batches of world * batch_size, this process takes its slice of each
         self.rank, self.world = shard
+        if drop_last is None:  # drop the last partial batch when training (shuffling) only
+            drop_last = shuffle
         if drop_last and self.world > 1 and len(self.indices) < batch_size * self.world:
             raise NGEError(f"{len(self.indices)} images are fewer than one global batch of {batch_size * self.world}; "
                            "lower data.batch_size")
@@ -507,8 +509,7 @@ def imagenet_loader(
     `drop_last=None` drops the last partial batch when training only.
     """
     ds = ImageFolderSet(root, split, train, size=size, resize=resize, seed=seed)
-    drop = train if drop_last is None else drop_last
-    return ImageLoader(ds, batch_size, workers, seed, train, drop, len(ds.classes), ds.classes, limit, shard)
+    return ImageLoader(ds, batch_size, workers, seed, train, drop_last, len(ds.classes), ds.classes, limit, shard)
 
 
 def voc_loader(
@@ -526,8 +527,7 @@ def voc_loader(
 ) -> ImageLoader:
     """VOC segmentation batches (x (B, 3, crop, crop), mask int64 (B, crop, crop)); shuffled when `train`."""
     ds = VOCSegmentation(root, split, train, crop=crop, scale=scale, aug=aug, seed=seed)
-    drop = train if drop_last is None else drop_last
-    return ImageLoader(ds, batch_size, workers, seed, train, drop, VOC_NUM_CLASSES, VOC_CLASSES, limit)
+    return ImageLoader(ds, batch_size, workers, seed, train, drop_last, VOC_NUM_CLASSES, VOC_CLASSES, limit)
 
 
 # ---------------------------------------------------------------------------- synthetic writers

@@ -30,6 +30,8 @@ from nge.engine import (
     fit,
     frozen,
     is_main,
+    main_log,
+    process_note,
     set_lr,
     setup_runtime,
     sgd_step,
@@ -162,14 +164,14 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
     task = SearchTask(cfg, data, device)
     run = RunDir.open(out, force, resume)
-    main, (_, procs) = is_main(), world()
-    log = log if main else (lambda _msg: None)
+    main, procs = is_main(), world()[1]
+    log = main_log(log)
     if main:
         run.write_text("config.yaml", to_yaml(cfg))
     params, arch_params = count_params(task.net), count_params(task.arch)
-    parallel = f"; {procs} processes x batch {d.batch_size} = batch {procs * d.batch_size}" if procs > 1 else ""
     log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
-        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; device {device}{parallel}; -> {run.path}")
+        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; "
+        f"device {device}{process_note(d.batch_size)}; -> {run.path}")
     metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)},
                   show_progress=cfg.runtime.progress, resume_hint=f"nge search --resume --out {run.path} ...")
     genotype = task.genotype()

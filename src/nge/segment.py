@@ -34,6 +34,7 @@ from nge.engine import (
     setup_runtime,
     sgd_step,
     single_process,
+    to_device,
 )
 from nge.errors import NGEError
 from nge.evalnet import NetworkImageNet
@@ -95,12 +96,15 @@ class SegmentTask:
         self.ious: torch.Tensor | None = None
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.runtime.channels_last else x
+        return to_device(x, self.device, self.cfg.runtime.channels_last)
+
+    def poly_lr(self) -> float:
+        t = self.cfg.train
+        return poly_lr(t.lr, self.steps, t.epochs * len(self.train_loader), t.power)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
         t = self.cfg.train
-        self.lr = poly_lr(t.lr, self.steps, t.epochs * len(self.train_loader), t.power)
+        self.lr = self.poly_lr()
         set_lr(self.opt, self.lr)
         self.steps += 1
         self.net.train()
@@ -113,8 +117,7 @@ class SegmentTask:
             meter.add(loss, ((logits.detach().argmax(1) == y) & keep).sum(), keep.sum())
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
-        self.lr = poly_lr(self.cfg.train.lr, self.steps, self.cfg.train.epochs * len(self.train_loader),
-                          self.cfg.train.power)
+        self.lr = self.poly_lr()
         self.train_loader.set_epoch(epoch)
         return [Phase("train", self.train_loader, len(self.train_loader), lambda b, m: self.train_step(*b, m["train"]))]
 

@@ -30,10 +30,13 @@ from nge.engine import (
     fit,
     is_main,
     linear_lr,
+    main_log,
+    process_note,
     save_checkpoint,
     set_lr,
     setup_runtime,
     sgd_step,
+    to_device,
     world,
 )
 from nge.errors import NGEError
@@ -142,9 +145,7 @@ class TrainTask:
         self.steps = 0  # optimiser steps taken (the linear schedule is per step)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch from a worker loader arrives on the CPU; device-resident batches pass through."""
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.runtime.channels_last else x
+        return to_device(x, self.device, self.cfg.runtime.channels_last)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.cfg.runtime.amp):
@@ -241,16 +242,15 @@ def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = 
     data = load_train_data(cfg, device)
     task = TrainTask(cfg, genotype, data, device)
     run = RunDir.open(out, force, resume)
-    main, (_, procs) = is_main(), world()
-    log = log if main else (lambda _msg: None)
+    main, procs = is_main(), world()[1]
+    log = main_log(log)
     if main:
         run.write_text("config.yaml", to_yaml(cfg))
         run.write_text("genotype.json", genotype.to_json() + "\n")
     prof = profile_network(task.net, data.in_channels, data.image_size)
-    parallel = f"; {procs} processes x batch {cfg.data.batch_size} = batch {procs * cfg.data.batch_size}" if procs > 1 else ""
     log(f"nge train: {data.description}; training on {data.n_train} images; "
-        f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; device {device}{parallel}; "
-        f"-> {run.path}")
+        f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; "
+        f"device {device}{process_note(cfg.data.batch_size)}; -> {run.path}")
     meta = {"config": to_dict(cfg), "genotype": genotype.to_dict(), "in_channels": data.in_channels,
             "num_classes": data.num_classes}
     metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
