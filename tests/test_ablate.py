@@ -3,9 +3,14 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from nge.ablate import run_ablation
 from nge.arch import ARCH_PARAMS
 from nge.cli import main
+from nge.config import AblateConfig
+from nge.errors import NGEError
+from nge.space import Genotype, random_genotype
 
 QUIET = ["runtime.progress=false", "runtime.threads=1"]
 
@@ -34,12 +39,20 @@ def test_smoke_ablation_writes_a_table_and_resumes(tmp_path, capsys):
     table = (out / "ablation.md").read_text()
     assert printed == table
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| Model | Search val acc (%) | Test acc (%), smoke |")
-    assert [line.split(" | ")[0][2:] for line in lines[1:]] == ["Baseline (DARTS)", "Plain", "RNN", "NGE"]
+    assert lines[0].startswith("| Model | Search val acc (%) | Test acc (%), smoke | RI (%), smoke |")
+    names = ["Random cells", "Baseline (DARTS)", "Plain", "RNN", "NGE"]
+    assert [line.split(" | ")[0][2:] for line in lines[1:]] == names
     rows = list(csv.DictReader((out / "ablation.csv").open()))
-    assert [r["param"] for r in rows] == ["darts", "plain", "rnn", "nge"]
-    for r in rows:
+    assert [r["row"] for r in rows] == ["random", "darts", "plain", "rnn", "nge"]
+    random, searched = rows[0], rows[1:]
+    assert random["search_val_acc"] == "" and json.loads(random["genotype"]) == random_genotype(0).to_dict()
+    assert lines[1].split(" | ")[3] == "+0.00"  # RI of the random row against itself
+    for r, line in zip(searched, lines[2:], strict=True):
         assert 0 <= float(r["search_val_acc"]) <= 1 and 0 <= float(r["test_acc[smoke]"]) <= 1
+        ri = 100 * (float(r["test_acc[smoke]"]) - float(random["test_acc[smoke]"])) / float(random["test_acc[smoke]"])
+        assert line.split(" | ")[3] == f"{ri:+.2f}"
+        g = Genotype.from_dict(json.loads(r["genotype"]))
+        assert int(r["normal_ops"]) == len({op for op, _ in g.normal}) and 0 < float(r["normal_entropy"]) <= 1
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     # a killed ablation: drop the last training run's results, keep its checkpoint; resume redoes only that
     last = out / "nge-seed0" / "train-smoke"
@@ -61,4 +74,8 @@ def test_ablation_refuses_existing_dir_and_bad_params(tmp_path, capsys):
     assert "seeds must be >= 1" in capsys.readouterr().err
     assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "n"), "search.epochs=2"]) == 2
     assert "search" in capsys.readouterr().err  # a key only search has cannot go to every run
+    bad_row = {"preset": "smoke", "rows": [{"name": "nge", "search": ["search.arch.common_grad=2"]}]}
+    with pytest.raises(NGEError, match="common_grad"):
+        run_ablation(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), bad_row)), [],
+                     tmp_path / "n")
     assert not (tmp_path / "n").exists()

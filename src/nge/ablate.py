@@ -1,9 +1,14 @@
-"""The paper's Table 4 ablation: search with each parameterisation, train each genotype, tabulate.
+"""Comparisons of search methods (the paper's Table 4 and the random-cell baseline).
 
-Everything but `search.param` (and the seed) is the same for every row, so differences come from
-the parameterisation alone. Each (param, seed) search and each training run is an ordinary run
-directory; rerunning with `--resume` skips finished runs and resumes an interrupted one from its
-checkpoint.
+A comparison is a list of rows; every row runs the same search preset with its own overrides
+(e.g. `search.param=darts`), one search per seed, and every derived genotype is trained with each
+training preset. The row named `random` searches nothing: seed k trains `random:k`, a cell drawn
+uniformly from the search space. Each search and training run is an ordinary run directory;
+rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
+
+Tables report, per row, mean ± std over seeds and the relative improvement over the random cells,
+RI = 100 x (acc - acc_random) / acc_random (Yang et al., "NAS evaluation is frustratingly hard",
+ICLR 2020), with the search telemetry at the end of the search.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from nge.arch import ARCH_PARAMS
 from nge.config import (
+    RANDOM_ROW,
     AblateConfig,
     SearchRunConfig,
     TrainRunConfig,
@@ -29,31 +34,34 @@ from nge.config import (
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.search import run_search
-from nge.train import run_train
-
-LABELS = {"darts": "Baseline (DARTS)", "plain": "Plain", "rnn": "RNN", "nge": "NGE"}
+from nge.space import Genotype
+from nge.telemetry import probs_telemetry
+from nge.train import resolve_genotype, run_train
 
 
 def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:
-    """Every search and training config of the ablation, validated before anything runs."""
+    """Every search and training config of the comparison, validated before anything runs."""
     if acfg.seeds < 1:
         raise NGEError(f"bad configuration: seeds must be >= 1, got {acfg.seeds}")
-    unknown = [p for p in acfg.params if p not in ARCH_PARAMS]
-    if unknown or not acfg.params:
-        raise NGEError(f"bad configuration: params must name parameterisations among {', '.join(ARCH_PARAMS)}")
+    names = [r.name for r in acfg.rows]
+    if not names or len(set(names)) != len(names) or not all(n and "/" not in n for n in names):
+        raise NGEError("bad configuration: rows must have distinct, non-empty names without '/'")
     if not acfg.train_presets:
         raise NGEError("bad configuration: train_presets is empty")
     configs = {}
-    for param in acfg.params:
+    for row in acfg.rows:
         for seed in range(acfg.seeds):
-            s = load_config(SearchRunConfig, "search", acfg.search_preset,
-                            [*acfg.search_overrides, *overrides, f"search.param={param}", f"runtime.seed={seed}"])
-            validate_search(s)
-            configs[param, seed, "search"] = s
+            if row.name != RANDOM_ROW:
+                s = load_config(SearchRunConfig, "search", acfg.search_preset,
+                                [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
+                validate_search(s)
+                configs[row.name, seed, "search"] = s
+            elif row.search:
+                raise NGEError("bad configuration: the random row searches nothing; give it no search overrides")
             for tp in acfg.train_presets:
                 t = load_config(TrainRunConfig, "train", tp, [*acfg.train_overrides, *overrides, f"runtime.seed={seed}"])
                 validate_train(t)
-                configs[param, seed, tp] = t
+                configs[row.name, seed, tp] = t
     return configs
 
 
@@ -64,6 +72,16 @@ def _run_or_resume(path: Path, run: Callable[..., dict]) -> dict:
     if (path / RunDir.CHECKPOINT).is_file():
         return run(force=False, resume=True)
     return run(force=True, resume=False)
+
+
+def _final_telemetry(search_dir: Path) -> dict:
+    """Telemetry of the final P, read from the run's probs.jsonl (its last row)."""
+    last = json.loads((search_dir / "probs.jsonl").read_text().splitlines()[-1])
+    return probs_telemetry(last["normal"], last["reduce"])
+
+
+def _distinct_ops(genotype: Genotype) -> dict:
+    return {f"{c}_ops": len({op for op, _ in getattr(genotype, c)}) for c in ("normal", "reduce")}
 
 
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,
@@ -80,19 +98,26 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     run = RunDir.create(out, force, False) if not resume else RunDir(out)
     run.write_text("ablation.yaml", to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n")
     rows: list[dict] = []
-    total = len(acfg.params) * acfg.seeds
-    for k, (param, seed) in enumerate(((p, s) for p in acfg.params for s in range(acfg.seeds)), 1):
-        base = out / f"{param}-seed{seed}"
-        log(f"ablation [{k}/{total}] {param}, seed {seed}: search")
-        scfg = configs[param, seed, "search"]
-        sdir = base / "search"
-        search = _run_or_resume(sdir, partial(run_search, scfg, sdir, log=log))
-        row = {"param": param, "seed": seed, "search_val_acc": search["final_val_acc"],
-               "search_seconds": search["wall_seconds"], "genotype": json.dumps(search["genotype"])}
+    total = len(acfg.rows) * acfg.seeds
+    for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
+        name = spec.name
+        base = out / f"{name}-seed{seed}"
+        if name == RANDOM_ROW:
+            genotype_spec = f"random:{seed}"
+            genotype = resolve_genotype(genotype_spec)
+            row = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
+        else:
+            log(f"ablation [{k}/{total}] {name}, seed {seed}: search")
+            sdir = base / "search"
+            search = _run_or_resume(sdir, partial(run_search, configs[name, seed, "search"], sdir, log=log))
+            genotype_spec, genotype = str(sdir), Genotype.from_dict(search["genotype"])
+            row = {"row": name, "seed": seed, "search_val_acc": search["final_val_acc"],
+                   "search_seconds": search["wall_seconds"], **_final_telemetry(sdir)}
+        row.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
         for tp in acfg.train_presets:
-            log(f"ablation [{k}/{total}] {param}, seed {seed}: train ({tp})")
-            tcfg, tdir = configs[param, seed, tp], base / f"train-{tp}"
-            train = _run_or_resume(tdir, partial(run_train, tcfg, str(sdir), tdir, log=log))
+            log(f"ablation [{k}/{total}] {name}, seed {seed}: train ({tp})")
+            tcfg, tdir = configs[name, seed, tp], base / f"train-{tp}"
+            train = _run_or_resume(tdir, partial(run_train, tcfg, genotype_spec, tdir, log=log))
             row[f"test_acc[{tp}]"] = train["final_test_acc"]
             row[f"train_seconds[{tp}]"] = train["wall_seconds"]
             row[f"params[{tp}]"] = train["params"]
@@ -100,40 +125,56 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
         write_tables(rows, acfg, run)
     from nge import viz
 
-    viz.plot_ablation(rows, acfg.params, acfg.train_presets, run.file("ablation.png"), LABELS)
+    labels = {r.name: r.label or r.name for r in acfg.rows}
+    viz.plot_ablation(rows, list(labels), acfg.train_presets, run.file("ablation.png"), labels)
     return rows
 
 
-def _mean_std(values: list[float | None]) -> str:
-    values = [v for v in values if v is not None]  # None: a run whose every step was skipped
+def _values(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows if r.get(key) is not None]  # None: not searched, or every step skipped
+
+
+def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
 def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
-    """ablation.csv: one row per (param, seed); ablation.md: mean ± std per param, like Table 4."""
+    """ablation.csv: one line per (row, seed); ablation.md: mean ± std per row, RI against random."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     run.write_text("ablation.csv", buf.getvalue())
     seeds = {r["seed"] for r in rows}
-    head = ["Model", "Search val acc (%)"] + [f"Test acc (%), {tp}" for tp in acfg.train_presets]
-    head += ["Search time (min)", "Train time (min)", "Seeds"]
+    tps = acfg.train_presets
+    head = ["Model", "Search val acc (%)"] + [f"Test acc (%), {tp}" for tp in tps] + [f"RI (%), {tp}" for tp in tps]
+    head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)", "Search time (min)",
+             "Train time (min)", "Seeds"]
+    random = [r for r in rows if r["row"] == RANDOM_ROW]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for param in acfg.params:
-        mine = [r for r in rows if r["param"] == param]
+    for spec in acfg.rows:
+        mine = [r for r in rows if r["row"] == spec.name]
         if not mine:
             continue
-        cells = [LABELS.get(param, param), _mean_std([r["search_val_acc"] for r in mine])]
-        cells += [_mean_std([r[f"test_acc[{tp}]"] for r in mine]) for tp in acfg.train_presets]
-        cells.append(f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}")
-        train_s = [sum(r[f"train_seconds[{tp}]"] for tp in acfg.train_presets) for r in mine]
+        cells = [spec.label or spec.name, _mean_std(_values(mine, "search_val_acc"))]
+        cells += [_mean_std(_values(mine, f"test_acc[{tp}]")) for tp in tps]
+        for tp in tps:
+            ref, acc = _values(random, f"test_acc[{tp}]"), _values(mine, f"test_acc[{tp}]")
+            ri = 100 * (statistics.mean(acc) - statistics.mean(ref)) / statistics.mean(ref) if ref and acc else None
+            cells.append("n/a" if ri is None else f"{ri:+.2f}")
+        cells.append(" / ".join(_mean_std(_values(mine, f"{c}_ops"), 1, 1) for c in ("normal", "reduce")))
+        cells.append(" / ".join(_mean_std(_values(mine, f"{c}_entropy"), 1, 3) for c in ("normal", "reduce")))
+        cells.append("n/a" if spec.name == RANDOM_ROW else f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}")
+        train_s = [sum(r[f"train_seconds[{tp}]"] for tp in tps) for r in mine]
         cells += [f"{statistics.mean(train_s) / 60:.1f}", str(len(mine))]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\nSearch preset `{acfg.search_preset}`, training presets {', '.join(acfg.train_presets)}; "
-            f"mean ± std over {len(seeds)} seed(s) where more than one; accuracies are final-epoch values.\n")
+    note = (f"\nSearch preset `{acfg.search_preset}`, training presets {', '.join(tps)}; mean ± std over "
+            f"{len(seeds)} seed(s) where more than one; accuracies are final-epoch values. RI: relative improvement "
+            "of the mean test accuracy over the random cells'. Distinct ops: in the derived cells (8 edges each); "
+            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform).\n")
     atomic_write_text(run.file("ablation.md"), "\n".join(lines) + "\n" + note)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,7 @@ class ArchParam(nn.Module):
         super().__init__()
         self.topology = topology
         self.n_ops = n_ops
+        self.common_grad = 1.0  # see `ArchOptimConfig.common_grad`; 1 leaves the gradient as it is
         src, dst = zip(*topology.edges, strict=True)
         self.register_buffer("edge_src", torch.tensor(src), persistent=False)
         self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
@@ -41,9 +43,21 @@ class ArchParam(nn.Module):
         """(2, n_edges, n_ops): row 0 the normal cell, row 1 the reduction cell."""
         raise NotImplementedError
 
+    def init_logits_normal(self) -> None:
+        """Re-draw the layer that produces the logits at standard scale (`search.arch.init=normal`)."""
+        raise NotImplementedError
+
     def forward(self) -> CellProbs:
-        p = F.softmax(self.logits(), dim=-1)
+        logits = self.logits()
+        if self.common_grad != 1.0 and logits.requires_grad:
+            logits.register_hook(partial(scale_common_grad, self.common_grad))
+        p = F.softmax(logits, dim=-1)
         return CellProbs(p[0], p[1])
+
+
+def scale_common_grad(keep: float, grad: torch.Tensor) -> torch.Tensor:
+    """grad (2, n_edges, n_ops) with its mean over the edges of each cell type scaled by `keep`."""
+    return grad - (1.0 - keep) * grad.mean(dim=1, keepdim=True)
 
 
 OP_FC_INIT_STD = 1e-3
@@ -89,6 +103,11 @@ class DartsAlpha(ArchParam):
     def logits(self) -> torch.Tensor:
         return torch.stack([self.alpha_normal, self.alpha_reduce])
 
+    def init_logits_normal(self) -> None:
+        with torch.no_grad():
+            self.alpha_normal.normal_()
+            self.alpha_reduce.normal_()
+
 
 class NodeEmbeddingParam(ArchParam):
     """Shared base of NGE, Plain and RNN: node embeddings X -> Z (subclass) -> `EdgeHead` -> logits.
@@ -119,6 +138,9 @@ class NodeEmbeddingParam(ArchParam):
 
     def logits(self) -> torch.Tensor:
         return self.head(self.node_embeddings(), self.edge_src, self.edge_dst)
+
+    def init_logits_normal(self) -> None:
+        _normal_init(self.head.op_fc, 1.0)
 
 
 class NGE(NodeEmbeddingParam):
@@ -224,9 +246,17 @@ ARCH_PARAMS: dict[str, ArchFactory] = {
 }
 
 
-def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)) -> ArchParam:
+def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
+               init: str = "uniform", common_grad: float = 1.0) -> ArchParam:
+    """A parameterisation by name; `init` and `common_grad` as `ArchOptimConfig` describes them."""
     try:
         factory = ARCH_PARAMS[name]
     except KeyError:
         raise ValueError(f"unknown parameterisation '{name}' (known: {', '.join(ARCH_PARAMS)})") from None
-    return factory(topology=topology, n_ops=n_ops)
+    arch = factory(topology=topology, n_ops=n_ops)
+    if init == "normal":
+        arch.init_logits_normal()
+    elif init != "uniform":
+        raise ValueError(f"unknown init '{init}' (known: uniform, normal)")
+    arch.common_grad = common_grad
+    return arch

@@ -100,18 +100,40 @@ class WeightOptimConfig:
     grad_clip: float = 5.0  # 0 disables; not in the paper, DARTS uses 5
 
 
+class ArchInit(str, Enum):
+    uniform = "uniform"  # the layer producing the logits ~ N(0, 1e-3^2): P starts uniform, as DARTS's alphas
+    normal = "normal"  # that layer at standard scale (N(0, 1/fan_in); alphas N(0, 1)): every edge starts different
+
+
 @dataclass
 class ArchOptimConfig:
+    """The parameterisation's optimiser (SPEC section 3) and the search remedies that act on it.
+
+    The remedies default to off (the paper's search); each works with every parameterisation."""
+
     lr: float = 6e-4
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 1e-3
+    # The paper says only "randomly initialised in the normal distribution"; both readings are offered.
+    init: ArchInit = ArchInit.uniform
+    # Weight of the part of dL/dlogits shared by all edges of a cell (its mean over the edges) in the
+    # backward pass; 1 = the plain gradient. A parameterisation whose layers are shared by all edges
+    # (NGE's edge MLP and op FC) sums that part coherently over the 14 edges, so P's rows move
+    # together; below 1 the update follows how the edges differ. P itself is computed unchanged.
+    common_grad: float = 1.0
+    # Adds entropy_weight * (mean normalised entropy of P's rows) to the validation loss: > 0 pushes
+    # every edge to decide (the entropy term of aw_nas's GCN controller; SNAS's annealed sharpening).
+    entropy_weight: float = 0.0
 
 
 @dataclass
 class SearchConfig:
     param: str = "nge"
     epochs: int = 25
+    # Epochs that train only the weights (P fixed at its initial value) before the parameterisation is
+    # updated (PC-DARTS warm-up; DARTS-style search otherwise favours parameter-free ops early on).
+    warmup_epochs: int = 0
     alternation: Alternation = Alternation.epoch
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchOptimConfig = field(default_factory=ArchOptimConfig)
@@ -213,6 +235,9 @@ def validate_search(cfg: SearchRunConfig) -> None:
     _check(w.weight_decay >= 0 and w.grad_clip >= 0, "search.weights.weight_decay and grad_clip must be >= 0")
     _check(a.lr > 0 and a.weight_decay >= 0, "search.arch.lr must be > 0 and weight_decay >= 0")
     _check(0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "search.arch.beta1 and beta2 must be in [0, 1)")
+    _check(0 <= s.warmup_epochs < s.epochs, f"search.warmup_epochs must be in [0, search.epochs), got {s.warmup_epochs}")
+    _check(0 <= a.common_grad <= 1, f"search.arch.common_grad must be in [0, 1], got {a.common_grad}")
+    _check(a.entropy_weight >= 0, f"search.arch.entropy_weight must be >= 0, got {a.entropy_weight}")
 
 
 @dataclass
@@ -270,12 +295,34 @@ def validate_train(cfg: TrainRunConfig) -> None:
                "imagenet training always flips and takes random-resized crops: data.flip=true, data.crop_pad=0, data.cutout=0")
 
 
+RANDOM_ROW = "random"  # the ablation row whose cells are drawn uniformly instead of searched
+
+
+@dataclass
+class AblateRow:
+    """One method of a comparison: a name (also its folder), a table label and its search overrides.
+
+    The row named `random` searches nothing: seed k trains the genotype `random:k`."""
+
+    name: str = MISSING
+    label: str | None = None  # None: the name
+    search: list[str] = field(default_factory=list)
+
+
+def _table4_rows() -> list[AblateRow]:
+    return [AblateRow(RANDOM_ROW, "Random cells"),
+            AblateRow("darts", "Baseline (DARTS)", ["search.param=darts"]),
+            AblateRow("plain", "Plain", ["search.param=plain"]),
+            AblateRow("rnn", "RNN", ["search.param=rnn"]),
+            AblateRow("nge", "NGE", ["search.param=nge"])]
+
+
 @dataclass
 class AblateConfig:
-    """The Table 4 protocol: one search per (param, seed), each genotype trained with each preset."""
+    """The Table 4 protocol: one search per (row, seed), each genotype trained with each preset."""
 
     preset: str = MISSING
-    params: list[str] = field(default_factory=lambda: ["darts", "plain", "rnn", "nge"])
+    rows: list[AblateRow] = field(default_factory=_table4_rows)
     seeds: int = 1
     search_preset: str = "quick"
     search_overrides: list[str] = field(default_factory=list)

@@ -635,6 +635,6 @@ def _any_process(flag: bool, task: EpochTask) -> bool:
 def _format_row(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}"]
     for k, v in row.items():
-        if k != "epoch" and isinstance(v, float):
+        if k != "epoch" and isinstance(v, (float, int)):
             parts.append(f"{k} {v:.4g}")
     return "  ".join(parts)

@@ -39,6 +39,7 @@ from nge.engine import (
 )
 from nge.space import Genotype
 from nge.supernet import SuperNet
+from nge.telemetry import mean_entropy, op_counts, probs_telemetry
 
 
 def build_supernet(cfg: SearchRunConfig, in_channels: int, num_classes: int) -> SuperNet:
@@ -52,7 +53,8 @@ class SearchTask:
         self.cfg = cfg
         self.device = device
         self.net = build_supernet(cfg, data.in_channels, data.num_classes).to(device)
-        self.arch: ArchParam = build_arch(cfg.search.param).to(device)
+        a = cfg.search.arch
+        self.arch: ArchParam = build_arch(cfg.search.param, init=a.init, common_grad=a.common_grad).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         w, a = cfg.search.weights, cfg.search.arch
@@ -94,9 +96,13 @@ class SearchTask:
         """Update the parameterisation on a validation batch; w is frozen (first order)."""
         self.net.train()
         with frozen(self.net):
-            logits = self._forward(self.net, x, self.train_arch())
+            probs = self.train_arch()
+            logits = self._forward(self.net, x, probs)
             loss = F.cross_entropy(logits.float(), y)
-            if sgd_step(loss, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
+            objective = loss
+            if self.cfg.search.arch.entropy_weight:
+                objective = loss + self.cfg.search.arch.entropy_weight * mean_entropy(probs)
+            if sgd_step(objective, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
@@ -105,6 +111,11 @@ class SearchTask:
         set_lr(self.w_opt, self.lr)
         self.train_loader.set_epoch(epoch)
         self.val_loader.set_epoch(epoch)
+        if epoch < s.warmup_epochs:  # weights only, with the initial P
+            with torch.no_grad():
+                probs = self.arch().detach()
+            return [Phase("weights", self.train_loader, len(self.train_loader),
+                          lambda b, m: self.weight_step(*b, probs, m["train"]))]
         if s.alternation == "epoch":
             # P is computed once; the embedding does not change during the weight phase, so a
             # resumed epoch recomputes the same P.
@@ -129,7 +140,8 @@ class SearchTask:
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         self.p_history.append(self.probs())
         check_same_everywhere(torch.cat([p.flatten() for p in self.p_history[-1]]), "P")
-        return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr}
+        return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr,
+                **probs_telemetry(*self.p_history[-1])}
 
     def state_dict(self) -> dict:
         return {
@@ -185,6 +197,7 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
     viz.plot_cell(genotype.reduce, "reduction cell", run.file("reduce.png"))
     viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"))
     viz.plot_curves(metrics, run.file("curves.png"))
+    viz.plot_telemetry([probs_telemetry(*p) for p in task.p_history], run.file("telemetry.png"))
     last = metrics[-1] if metrics else {}
     summary = {
         "preset": cfg.preset,
@@ -192,6 +205,8 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
         "params": params,
         "arch_params": arch_params,
         "genotype": genotype.to_dict(),
+        "op_counts": {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)},
+        "telemetry": probs_telemetry(*task.p_history[-1]),
         "epochs": len(metrics),
         "final_val_acc": last.get("val_acc"),
         "final_train_acc": last.get("train_acc"),
@@ -201,5 +216,7 @@ def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: boo
         "global_batch": procs * d.batch_size,
     }
     run.write_json("summary.json", summary)
-    log(f"genotype written to {run.file('genotype.json')}; final val acc {summary['final_val_acc']}")
+    counts = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in summary["op_counts"][c].items())
+                       for c in ("normal", "reduce"))
+    log(f"genotype written to {run.file('genotype.json')} ({counts}); final val acc {summary['final_val_acc']}")
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,25 @@ class Genotype:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+
+def random_genotype(seed: int, topology: Topology = DEFAULT_TOPOLOGY,
+                    primitives: tuple[str, ...] = PRIMITIVES) -> Genotype:
+    """A genotype drawn uniformly from the search space: for every intermediate node of each cell
+    two distinct inputs (a uniform pair among its predecessors) and, independently, a uniform op
+    for each. The same seed gives the same genotype (the random-cell baseline, Yang et al. 2020)."""
+    rng = random.Random(seed)
+    concat = tuple(range(topology.n_inputs, topology.n_graph_nodes))
+
+    def cell() -> CellGenotype:
+        pairs = []
+        for node in range(topology.n_inputs, topology.n_graph_nodes):
+            for src in sorted(rng.sample(range(node), 2)):
+                pairs.append((rng.choice(primitives), src))
+        return tuple(pairs)
+
+    normal = cell()
+    return Genotype(normal=normal, normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
 def _validate_cell(name: str, cell: object, topology: Topology) -> CellGenotype:

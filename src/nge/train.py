@@ -43,13 +43,19 @@ from nge.errors import NGEError
 from nge.evalnet import NetworkCIFAR, NetworkImageNet, count_params_without_aux
 from nge.genotypes import BUILTIN_GENOTYPES
 from nge.profile import count_mult_adds
-from nge.space import Genotype
+from nge.space import Genotype, random_genotype
 
 
 def resolve_genotype(spec: str) -> Genotype:
-    """A built-in name, a genotype.json file, or a search run directory holding one."""
+    """A built-in name, `random:SEED` (a uniform draw from the search space), a genotype.json file,
+    or a search run directory holding one."""
     if spec in BUILTIN_GENOTYPES:
         return BUILTIN_GENOTYPES[spec]
+    if spec.startswith("random:"):
+        seed = spec[len("random:"):]
+        if not seed.isdigit():
+            raise NGEError(f"genotype '{spec}': random:SEED needs a non-negative integer seed, e.g. random:0")
+        return random_genotype(int(seed))
     path = Path(spec)
     if path.is_dir():
         path = path / "genotype.json"
@@ -57,7 +63,7 @@ def resolve_genotype(spec: str) -> Genotype:
             raise NGEError(f"{spec} is a directory without a genotype.json (is it a search run directory?)")
     if path.is_file():
         return Genotype.load(path)
-    raise NGEError(f"genotype '{spec}' is not a file, a search run directory or a built-in name "
+    raise NGEError(f"genotype '{spec}' is not a file, a search run directory, random:SEED or a built-in name "
                    f"({', '.join(BUILTIN_GENOTYPES)})")
 
 

@@ -109,6 +109,35 @@ def plot_curves(metrics: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
+_TELEMETRY_TITLES = {
+    "entropy": "entropy of P's rows (1 = uniform)",
+    "margin": "top-1 minus top-2 probability",
+    "distinct": "distinct argmax ops over the edges",
+    "majority": "share of edges with the commonest op",
+    "spread": "rows' distance from the mean row",
+}
+
+
+def plot_telemetry(rows: Sequence[dict], path: Path) -> None:
+    """The search telemetry (`nge.telemetry`) of both cell types per epoch, epoch 0 = initial P."""
+    keys = list(_TELEMETRY_TITLES)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2))
+    epochs = range(len(rows))
+    for ax, key in zip(axes, keys, strict=True):
+        for cell, style in (("normal", "-o"), ("reduce", "--s")):
+            ax.plot(epochs, [r[f"{cell}_{key}"] for r in rows], style, ms=3, label=cell)
+        ax.set_title(_TELEMETRY_TITLES[key], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(0, len(PRIMITIVES) + 0.5)
+    for ax in (axes[0], axes[3]):
+        ax.set_ylim(0, 1.05)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_image_grid(rows: Sequence[Sequence], titles: Sequence[str], path: Path) -> None:
     """Rows of same-count (H, W, 3) uint8 images, one column per title (e.g. image, truth, prediction)."""
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.6 * len(titles), 2.6 * len(rows)), squeeze=False)
@@ -125,25 +154,25 @@ def plot_image_grid(rows: Sequence[Sequence], titles: Sequence[str], path: Path)
     plt.close(fig)
 
 
-def plot_ablation(rows: Sequence[dict], params: Sequence[str], train_presets: Sequence[str], path: Path,
+def plot_ablation(rows: Sequence[dict], names: Sequence[str], train_presets: Sequence[str], path: Path,
                   labels: dict[str, str]) -> None:
-    """Grouped bars (mean, with min-max whiskers over seeds): search val acc and test acc per parameterisation."""
+    """Grouped bars (mean, with min-max whiskers over seeds): search val acc and test acc per row."""
     import numpy as np
 
     series = [("search val", "search_val_acc")] + [(f"test ({tp})", f"test_acc[{tp}]") for tp in train_presets]
-    present = [p for p in params if any(r["param"] == p for r in rows)]
+    present = [n for n in names if any(r["row"] == n for r in rows)]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(present), 4))
+    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(present), 4))
     for s, (name, key) in enumerate(series):
-        vals = [[100 * r[key] for r in rows if r["param"] == p] for p in present]
+        vals = [[100 * r[key] for r in rows if r["row"] == n and r.get(key) is not None] or [np.nan] for n in present]
         means = np.array([np.mean(v) for v in vals])
-        err = np.array([[m - min(v), max(v) - m] for m, v in zip(means, vals, strict=True)]).T
+        err = np.nan_to_num(np.array([[m - min(v), max(v) - m] for m, v in zip(means, vals, strict=True)]).T)
         x = np.arange(len(present)) + (s - (len(series) - 1) / 2) * width
-        bars = ax.bar(x, means, width, yerr=err, capsize=3, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(present)), [labels.get(p, p) for p in present])
+        bars = ax.bar(x, np.nan_to_num(means), width, yerr=err, capsize=3, label=name)
+        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=7)
+    ax.set_xticks(range(len(present)), [labels.get(n, n) for n in present], fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    lo = min(100 * r[k] for r in rows for _, k in series)
+    lo = min(100 * r[k] for r in rows for _, k in series if r.get(k) is not None)
     ax.set_ylim(max(0, lo - 10), 100)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -1,0 +1,64 @@
+"""Search telemetry: pure functions of P that show whether a search decided, and per edge.
+
+Collapse in DARTS-family search shows as P near uniform (high entropy, small margin) or as one
+op on every edge (few distinct argmax ops, a large majority share, rows that differ from their
+mean row by little more than a shared offset). `cell_telemetry` measures all of these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+from nge.space import PRIMITIVES, CellGenotype
+
+TELEMETRY_KEYS = ("entropy", "margin", "distinct", "majority", "spread")
+
+
+def cell_telemetry(p: torch.Tensor | Sequence[Sequence[float]]) -> dict[str, float | int]:
+    """For one cell's P (edges x ops, rows summing to 1):
+
+    - entropy: mean over edges of H(row) / log(O); 1 = uniform, 0 = one-hot;
+    - margin: mean over edges of (largest - second largest) probability;
+    - distinct: number of distinct argmax ops over the edges;
+    - majority: share of edges whose argmax is the cell's most common argmax;
+    - spread: mean over edges of the total-variation distance between the row and the mean row
+      (0 when every row is the same, i.e. the edges differ by nothing beyond a shared offset).
+    """
+    p = torch.as_tensor(p, dtype=torch.float64)
+    n_edges, n_ops = p.shape
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(1) / math.log(n_ops)
+    top2 = p.topk(2, dim=1).values
+    argmax = p.argmax(1).tolist()
+    counts = Counter(argmax)
+    spread = 0.5 * (p - p.mean(0, keepdim=True)).abs().sum(1)
+    return {
+        "entropy": float(entropy.mean()),
+        "margin": float((top2[:, 0] - top2[:, 1]).mean()),
+        "distinct": len(counts),
+        "majority": max(counts.values()) / n_edges,
+        "spread": float(spread.mean()),
+    }
+
+
+def probs_telemetry(p_normal, p_reduce) -> dict[str, float | int]:
+    """`cell_telemetry` of both cell types, keys prefixed `normal_` and `reduce_`."""
+    out: dict[str, float | int] = {}
+    for name, p in (("normal", p_normal), ("reduce", p_reduce)):
+        out.update({f"{name}_{k}": v for k, v in cell_telemetry(p).items()})
+    return out
+
+
+def mean_entropy(probs) -> torch.Tensor:
+    """Differentiable mean normalised entropy of the rows of every cell's P (`search.arch.entropy_weight`)."""
+    p = torch.stack(tuple(probs))
+    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean() / math.log(p.shape[-1])
+
+
+def op_counts(cell: CellGenotype, primitives: Sequence[str] = PRIMITIVES) -> dict[str, int]:
+    """How often each op appears in a derived cell (ops that do not appear are left out), in op order."""
+    counts = Counter(op for op, _ in cell)
+    return {op: counts[op] for op in primitives if counts[op]}
