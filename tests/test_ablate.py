@@ -74,8 +74,8 @@ def test_ablation_refuses_existing_dir_and_bad_params(tmp_path, capsys):
     assert "seeds must be >= 1" in capsys.readouterr().err
     assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "n"), "search.epochs=2"]) == 2
     assert "search" in capsys.readouterr().err  # a key only search has cannot go to every run
-    bad_row = {"preset": "smoke", "rows": [{"name": "nge", "search": ["search.arch.common_grad=2"]}]}
-    with pytest.raises(NGEError, match="common_grad"):
+    bad_row = {"preset": "smoke", "rows": [{"name": "nge", "search": ["search.arch.shared_offset=2"]}]}
+    with pytest.raises(NGEError, match="shared_offset"):
         run_ablation(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), bad_row)), [],
                      tmp_path / "n")
     assert not (tmp_path / "n").exists()

@@ -52,12 +52,12 @@ def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:
     for row in acfg.rows:
         for seed in range(acfg.seeds):
             if row.name != RANDOM_ROW:
-                s = load_config(SearchRunConfig, "search", acfg.search_preset,
+                s = load_config(SearchRunConfig, "search", row.search_preset or acfg.search_preset,
                                 [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
                 validate_search(s)
                 configs[row.name, seed, "search"] = s
-            elif row.search:
-                raise NGEError("bad configuration: the random row searches nothing; give it no search overrides")
+            elif row.search or row.search_preset:
+                raise NGEError("bad configuration: the random row searches nothing; give it no search settings")
             for tp in acfg.train_presets:
                 t = load_config(TrainRunConfig, "train", tp, [*acfg.train_overrides, *overrides, f"runtime.seed={seed}"])
                 validate_train(t)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -34,7 +33,7 @@ class ArchParam(nn.Module):
         super().__init__()
         self.topology = topology
         self.n_ops = n_ops
-        self.common_grad = 1.0  # see `ArchOptimConfig.common_grad`; 1 leaves the gradient as it is
+        self.shared_offset = 1.0  # see `ArchOptimConfig.shared_offset`; 1 leaves the logits as they are
         src, dst = zip(*topology.edges, strict=True)
         self.register_buffer("edge_src", torch.tensor(src), persistent=False)
         self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
@@ -48,16 +47,15 @@ class ArchParam(nn.Module):
         raise NotImplementedError
 
     def forward(self) -> CellProbs:
-        logits = self.logits()
-        if self.common_grad != 1.0 and logits.requires_grad:
-            logits.register_hook(partial(scale_common_grad, self.common_grad))
-        p = F.softmax(logits, dim=-1)
+        p = F.softmax(scale_shared_offset(self.logits(), self.shared_offset), dim=-1)
         return CellProbs(p[0], p[1])
 
 
-def scale_common_grad(keep: float, grad: torch.Tensor) -> torch.Tensor:
-    """grad (2, n_edges, n_ops) with its mean over the edges of each cell type scaled by `keep`."""
-    return grad - (1.0 - keep) * grad.mean(dim=1, keepdim=True)
+def scale_shared_offset(logits: torch.Tensor, keep: float) -> torch.Tensor:
+    """logits (2, n_edges, n_ops) with their mean over the edges of each cell type scaled by `keep`."""
+    if keep == 1.0:
+        return logits
+    return logits - (1.0 - keep) * logits.mean(dim=1, keepdim=True)
 
 
 OP_FC_INIT_STD = 1e-3
@@ -247,8 +245,8 @@ ARCH_PARAMS: dict[str, ArchFactory] = {
 
 
 def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
-               init: str = "uniform", common_grad: float = 1.0) -> ArchParam:
-    """A parameterisation by name; `init` and `common_grad` as `ArchOptimConfig` describes them."""
+               init: str = "uniform", shared_offset: float = 1.0) -> ArchParam:
+    """A parameterisation by name; `init` and `shared_offset` as `ArchOptimConfig` describes them."""
     try:
         factory = ARCH_PARAMS[name]
     except KeyError:
@@ -258,5 +256,5 @@ def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = le
         arch.init_logits_normal()
     elif init != "uniform":
         raise ValueError(f"unknown init '{init}' (known: uniform, normal)")
-    arch.common_grad = common_grad
+    arch.shared_offset = shared_offset
     return arch

@@ -39,7 +39,7 @@ from nge.engine import (
 )
 from nge.space import Genotype
 from nge.supernet import SuperNet
-from nge.telemetry import mean_entropy, op_counts, probs_telemetry
+from nge.telemetry import op_counts, probs_telemetry
 
 
 def build_supernet(cfg: SearchRunConfig, in_channels: int, num_classes: int) -> SuperNet:
@@ -54,7 +54,7 @@ class SearchTask:
         self.device = device
         self.net = build_supernet(cfg, data.in_channels, data.num_classes).to(device)
         a = cfg.search.arch
-        self.arch: ArchParam = build_arch(cfg.search.param, init=a.init, common_grad=a.common_grad).to(device)
+        self.arch: ArchParam = build_arch(cfg.search.param, init=a.init, shared_offset=a.shared_offset).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         w, a = cfg.search.weights, cfg.search.arch
@@ -96,13 +96,9 @@ class SearchTask:
         """Update the parameterisation on a validation batch; w is frozen (first order)."""
         self.net.train()
         with frozen(self.net):
-            probs = self.train_arch()
-            logits = self._forward(self.net, x, probs)
+            logits = self._forward(self.net, x, self.train_arch())
             loss = F.cross_entropy(logits.float(), y)
-            objective = loss
-            if self.cfg.search.arch.entropy_weight:
-                objective = loss + self.cfg.search.arch.entropy_weight * mean_entropy(probs)
-            if sgd_step(objective, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
+            if sgd_step(loss, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
@@ -111,11 +107,6 @@ class SearchTask:
         set_lr(self.w_opt, self.lr)
         self.train_loader.set_epoch(epoch)
         self.val_loader.set_epoch(epoch)
-        if epoch < s.warmup_epochs:  # weights only, with the initial P
-            with torch.no_grad():
-                probs = self.arch().detach()
-            return [Phase("weights", self.train_loader, len(self.train_loader),
-                          lambda b, m: self.weight_step(*b, probs, m["train"]))]
         if s.alternation == "epoch":
             # P is computed once; the embedding does not change during the weight phase, so a
             # resumed epoch recomputes the same P.

@@ -52,12 +52,6 @@ def probs_telemetry(p_normal, p_reduce) -> dict[str, float | int]:
     return out
 
 
-def mean_entropy(probs) -> torch.Tensor:
-    """Differentiable mean normalised entropy of the rows of every cell's P (`search.arch.entropy_weight`)."""
-    p = torch.stack(tuple(probs))
-    return -(p * p.clamp_min(1e-30).log()).sum(-1).mean() / math.log(p.shape[-1])
-
-
 def op_counts(cell: CellGenotype, primitives: Sequence[str] = PRIMITIVES) -> dict[str, int]:
     """How often each op appears in a derived cell (ops that do not appear are left out), in op order."""
     counts = Counter(op for op, _ in cell)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Topology  # noqa: E402
 
@@ -128,6 +129,7 @@ def plot_telemetry(rows: Sequence[dict], path: Path) -> None:
             ax.plot(epochs, [r[f"{cell}_{key}"] for r in rows], style, ms=3, label=cell)
         ax.set_title(_TELEMETRY_TITLES[key], fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[2].set_ylim(0, len(PRIMITIVES) + 0.5)
     for ax in (axes[0], axes[3]):
