@@ -173,7 +173,9 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
         train_s = [sum(r[f"train_seconds[{tp}]"] for tp in tps) for r in mine]
         cells += [f"{statistics.mean(train_s) / 60:.1f}", str(len(mine))]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\nSearch preset `{acfg.search_preset}`, training presets {', '.join(tps)}; mean ± std over "
+    presets = sorted({r.search_preset for r in acfg.rows if r.search_preset and r.name != RANDOM_ROW} - {acfg.search_preset})
+    others = f" (rows may name another: {', '.join(presets)})" if presets else ""
+    note = (f"\nSearch preset `{acfg.search_preset}`{others}, training presets {', '.join(tps)}; mean ± std over "
             f"{len(seeds)} seed(s) where more than one; accuracies are final-epoch values. RI: relative improvement "
             "of the mean test accuracy over the random cells'. Distinct ops: in the derived cells (8 edges each); "
             "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform).\n")

@@ -120,7 +120,8 @@ class ArchOptimConfig:
     # Share kept of the logits' mean over the edges of a cell (per op), the offset that every edge of
     # the cell shares: 1 = P as the parameterisation gives it; 0 = only how the edges differ decides,
     # so no op can lead on every edge. NGE's edge MLP and op FC are shared by all edges and their edge
-    # embeddings nearly parallel, so their updates move every edge's logits together.
+    # embeddings nearly parallel, so their updates move every edge's logits together. nge's own
+    # remedy (no paper has it); the README's "Search quality" section gives the diagnosis and numbers.
     shared_offset: float = 1.0
 
 
