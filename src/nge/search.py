@@ -53,11 +53,10 @@ class SearchTask:
         self.cfg = cfg
         self.device = device
         self.net = build_supernet(cfg, data.in_channels, data.num_classes).to(device)
-        a = cfg.search.arch
+        w, a = cfg.search.weights, cfg.search.arch
         self.arch: ArchParam = build_arch(cfg.search.param, init=a.init, shared_offset=a.shared_offset).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        w, a = cfg.search.weights, cfg.search.arch
         self.w_params = list(self.net.parameters())
         self.a_params = list(self.arch.parameters())
         self.skip_nonfinite = cfg.runtime.nonfinite == "skip"
