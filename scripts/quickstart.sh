@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets everything up and runs a real NGE search on Fashion-MNIST (preset `quick`, under 5 minutes
+# Sets everything up and runs a real NGE search on Fashion-MNIST (preset `quick`, about 5 minutes
 # on 2 CPU cores). Extra arguments go to `nge search`, e.g. scripts/quickstart.sh --out runs/first
 set -euo pipefail
 cd "$(dirname "$0")/.."
