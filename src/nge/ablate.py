@@ -35,7 +35,7 @@ from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.search import run_search
 from nge.space import Genotype
-from nge.telemetry import probs_telemetry
+from nge.telemetry import op_counts, probs_telemetry
 from nge.train import resolve_genotype, run_train
 
 
@@ -81,7 +81,7 @@ def _final_telemetry(search_dir: Path) -> dict:
 
 
 def _distinct_ops(genotype: Genotype) -> dict:
-    return {f"{c}_ops": len({op for op, _ in getattr(genotype, c)}) for c in ("normal", "reduce")}
+    return {f"{c}_ops": len(op_counts(getattr(genotype, c))) for c in ("normal", "reduce")}
 
 
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,

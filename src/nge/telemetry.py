@@ -15,8 +15,6 @@ import torch
 
 from nge.space import PRIMITIVES, CellGenotype
 
-TELEMETRY_KEYS = ("entropy", "margin", "distinct", "majority", "spread")
-
 
 def cell_telemetry(p: torch.Tensor | Sequence[Sequence[float]]) -> dict[str, float | int]:
     """For one cell's P (edges x ops, rows summing to 1):
