@@ -1,67 +1,16 @@
-"""Shared fixtures: tiny data sets written in the exact on-disk formats the readers expect."""
+"""Shared fixtures. Helpers live in `tests/helpers/` (imported as `helpers.*`)."""
 
 from __future__ import annotations
 
-import gzip
-import os
-import signal
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from helpers.files import make_cifar10, make_fashion_mnist
+from helpers.tasks import tiny_search, tiny_train
+
 torch.set_num_threads(2)
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
-    """idx format: two zero bytes, dtype 0x08 (ubyte), ndim, big-endian uint32 dims, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if compress else raw)
-
-
-def make_fashion_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = np.clip(labels[:, None, None] * 20 + rng.normal(0, 30, (n, 28, 28)), 0, 255).astype(np.uint8)
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
-def make_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> Path:
-    from nge.data import write_cifar_batch
-
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch)
-        write_cifar_batch(folder / name, images, labels)
-    return root
-
-
-def sigterm_at_step(task, call: int) -> None:
-    """Send this process SIGTERM during the `call`-th training step of `task` (1-based)."""
-    real, calls = task.train_step, {"n": 0}
-
-    def step(x, y, meter):
-        calls["n"] += 1
-        if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGTERM)
-        real(x, y, meter)
-
-    task.train_step = step
-
-
-def without_seconds(rows: list[dict]) -> list[dict]:
-    """Metrics rows without the wall-clock field, for exact comparison of runs."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 @pytest.fixture
@@ -72,3 +21,15 @@ def fmnist_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def cifar10_root(tmp_path: Path) -> Path:
     return make_cifar10(tmp_path / "cifar")
+
+
+@pytest.fixture
+def search_task():
+    """A factory of tiny search tasks: `search_task(*overrides)`."""
+    return tiny_search
+
+
+@pytest.fixture
+def train_task():
+    """A factory of tiny training tasks: `train_task(*overrides)`."""
+    return tiny_train

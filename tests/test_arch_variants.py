@@ -3,17 +3,23 @@
 import pytest
 import torch
 
-from nge.arch import ARCH_PARAMS, NGE, RNN, CellProbs, DartsAlpha, Plain, build_arch
-from nge.space import DEFAULT_TOPOLOGY
+from nge.arch import ARCH_PARAMS, NGE, RNN, DartsAlpha, Plain, build_arch
+from nge.space import DEFAULT_TOPOLOGY, CellProbs
 
-NAMES = ["nge", "darts", "plain", "rnn"]
+NAMES = ["darts", "plain", "rnn", "nge"]  # Table 4 order
 EDGES = DEFAULT_TOPOLOGY.edges
 
 
 def test_registry_lists_exactly_the_four_and_builds_each():
     assert list(ARCH_PARAMS) == NAMES
-    for name, cls in zip(NAMES, [NGE, DartsAlpha, Plain, RNN], strict=True):
+    for name, cls in zip(NAMES, [DartsAlpha, Plain, RNN, NGE], strict=True):
         assert type(build_arch(name)) is cls
+    # the comparison's default rows and labels come from the same table
+    from nge.config import AblateConfig
+
+    rows = AblateConfig().rows
+    assert [(r.name, r.label) for r in rows[1:]] == [
+        ("darts", "Baseline (DARTS)"), ("plain", "Plain"), ("rnn", "RNN"), ("nge", "NGE")]
 
 
 @pytest.mark.parametrize("name", NAMES)

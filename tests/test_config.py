@@ -1,24 +1,24 @@
 import pytest
 
-from nge.config import SearchRunConfig, available_presets, load_config, validate_search
+from nge.config import SearchRunConfig, TrainRunConfig, available_presets, load_config, validate
 from nge.errors import NGEError
 
 
 def test_presets_exist_and_paper_matches_spec():
     assert {"smoke", "quick", "paper"} <= set(available_presets("search"))
     cfg = load_config(SearchRunConfig, "search", "paper", [])
-    validate_search(cfg)
+    validate(cfg)
     assert cfg.data.name == "cifar10" and cfg.data.train_portion == 0.5 and cfg.data.limit is None
     assert (cfg.model.C, cfg.model.layers) == (16, 8)
     s = cfg.search
-    assert s.epochs == 25 and s.alternation == "epoch" and s.param == "nge"
+    assert s.epochs == 25 and s.alternation == "epoch" and s.arch.name == "nge"
     assert (s.weights.lr, s.weights.momentum, s.weights.weight_decay, s.weights.lr_min) == (0.025, 0.9, 3e-4, 0.0)
     assert (s.arch.lr, s.arch.weight_decay, s.arch.beta1, s.arch.beta2) == (6e-4, 1e-3, 0.5, 0.999)
 
 
 def test_overrides_are_typed():
-    cfg = load_config(SearchRunConfig, "search", "smoke", ["search.epochs=7", "data.root=/x", "search.alternation=batch"])
-    assert cfg.search.epochs == 7 and cfg.data.root == "/x" and cfg.search.alternation == "batch"
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["search.epochs=7", "data.limit=10", "search.alternation=batch"])
+    assert cfg.search.epochs == 7 and cfg.data.limit == 10 and cfg.search.alternation == "batch"
 
 
 @pytest.mark.parametrize(
@@ -43,18 +43,66 @@ def test_bad_keys_and_types_are_one_line_errors(overrides, fragment):
         (["search.epochs=0"], "search.epochs"),
         (["data.batch_size=-1"], "data.batch_size"),
         (["data.train_portion=1.5"], "data.train_portion"),
-        (["search.param=gcn9"], "search.param"),
+        (["search.arch.name=gcn9"], "search.arch.name"),
         (["model.layers=2"], "model.layers"),
         (["search.weights.lr=0"], "search.weights.lr"),
     ],
 )
-def test_impossible_values_rejected(overrides, fragment):
-    cfg = load_config(SearchRunConfig, "search", "smoke", overrides)
+def test_impossible_values_rejected_when_loading(overrides, fragment):
     with pytest.raises(NGEError) as e:
-        validate_search(cfg)
-    assert fragment in str(e.value)
+        load_config(SearchRunConfig, "search", "smoke", overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_changed_after_loading_is_validated_again():
+    cfg = load_config(SearchRunConfig, "search", "smoke", [])
+    cfg.search.epochs = 0
+    with pytest.raises(NGEError, match="search.epochs"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "kind, overrides, fragment",
+    [
+        # keys a command does not have at all
+        ("search", ["data.cutout=16"], "data.cutout"),
+        ("search", ["data.workers=2"], "data.workers"),
+        ("search", ["data.image_size=64"], "data.image_size"),
+        ("search", ["data.resize=64"], "data.resize"),
+        ("train", ["data.train_portion=0.3"], "data.train_portion"),
+        # keys it has, set where they do nothing
+        ("train", ["data.workers=2"], "data.workers has no effect with data.name=synthetic"),
+        ("train", ["data.image_size=64"], "data.image_size"),
+        ("train", ["data.resize=300"], "data.resize"),
+        ("train", ["data.name=cifar10", "data.synthetic.size=16"], "data.synthetic.size has no effect"),
+        ("train", ["model.auxiliary=false", "model.auxiliary_weight=0.3"], "model.auxiliary_weight"),
+        ("search", ["data.name=fashion_mnist", "data.synthetic.n_train=9"], "data.synthetic.n_train"),
+        ("search", ["data.root=/x"], "data.root has no effect with data.name=synthetic"),
+        ("train", ["data.name=imagenet", "model.stem_multiplier=2"], "model.stem_multiplier"),
+    ],
+)
+def test_keys_that_would_be_ignored_are_refused(kind, overrides, fragment):
+    schema = SearchRunConfig if kind == "search" else TrainRunConfig
+    with pytest.raises(NGEError) as e:
+        load_config(schema, kind, "smoke-imagenet" if "data.name=imagenet" in overrides else "smoke", overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_choices_are_enums():
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["model.checkpoint=early", "search.arch.name=darts"])
+    assert cfg.model.checkpoint == "early" and cfg.search.arch.name == "darts"
+    assert f"{cfg.search.arch.name}" == "darts"  # formats as its value
+    for bad in ("model.checkpoint=sometimes", "search.arch.name=gcn"):
+        with pytest.raises(NGEError, match=bad.split("=")[0]):
+            load_config(SearchRunConfig, "search", "smoke", [bad])
 
 
 def test_unknown_preset():
     with pytest.raises(NGEError, match="unknown search preset 'nope'.*smoke"):
         load_config(SearchRunConfig, "search", "nope", [])
+
+
+def test_a_preset_may_set_keys_that_an_override_makes_inert():
+    """Only overrides are refused: `--preset smoke data.name=cifar10` keeps the preset's synthetic sizes."""
+    cfg = load_config(TrainRunConfig, "train", "smoke", ["data.name=cifar10"])
+    assert cfg.data.name == "cifar10" and cfg.data.synthetic.size == 16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cifar10, write_idx
+from helpers.files import make_cifar10, write_idx
 from nge.data import (
     BatchLoader,
     ImageSet,

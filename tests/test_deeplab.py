@@ -139,7 +139,7 @@ def test_backbone_checkpoint_round_trip_into_the_segmenter(tmp_path):
     imagenet_model_file(tmp_path / "model.pt", net, 8, 5, 7)
     loaded, genotype = load_backbone(tmp_path / "model.pt")
     assert genotype == DARTS_V2
-    cfg = load_config(SegmentRunConfig, "segment", "smoke", [])
+    cfg = load_config(SegmentRunConfig, "segment", "smoke", [f"data.root={tmp_path}"])
     model = build_segmenter(cfg, loaded)
     seg_state = model.backbone.state_dict()
     for k, v in net.state_dict().items():

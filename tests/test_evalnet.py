@@ -9,10 +9,10 @@ from nge.evalnet import (
     CellStack,
     NetworkCIFAR,
     NetworkImageNet,
-    count_params_without_aux,
 )
 from nge.genotypes import BUILTIN_GENOTYPES, DARTS_V1, DARTS_V2
 from nge.ops import DropPath, FactorizedReduce, reduction_indices
+from nge.profile import count_params_without_aux
 from nge.space import Genotype
 
 # Parameter-free ops everywhere except the stride-2 skip (FactorizedReduce) in the reduction cell.

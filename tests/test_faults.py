@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import sigterm_at_step, without_seconds
+from helpers.tasks import sigterm_at_step, tiny_train, without_seconds
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
-from nge.data import make_synthetic
 from nge.engine import RunDir, fit, load_checkpoint
 from nge.errors import NGEError
-from nge.genotypes import BUILTIN_GENOTYPES
 from nge.space import Genotype
 from nge.train import TrainTask
 
@@ -32,15 +28,13 @@ TRAIN = ["train", "--genotype", "DARTS_V2", "--preset", "smoke", "runtime.progre
          "data.synthetic.n_train=160", "runtime.threads=1"]
 
 
-def start(args: list[str], out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nge", *args, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+DIE_AT = Path(__file__).parent / "helpers" / "die_at.py"
 
 
-def finish(args: list[str], out: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = start(args, out, *extra)
-    stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+def run(args: list[str], out: Path, *extra: str, die: str | None = None) -> subprocess.CompletedProcess:
+    """`nge ARGS --out OUT EXTRA`, or with `die` (see helpers/die_at.py) one that dies at that point."""
+    cmd = [sys.executable, str(DIE_AT), die] if die else [sys.executable, "-m", "nge"]
+    return subprocess.run([*cmd, *args, "--out", str(out), *extra], capture_output=True, text=True, timeout=300)
 
 
 def outcome(out: Path) -> dict:
@@ -58,84 +52,60 @@ def reference(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("ref")
     refs = {}
     for name, args in (("search", SEARCH), ("train", TRAIN)):
-        t0 = time.perf_counter()
-        proc = finish(args, base / name)
+        proc = run(args, base / name)
         assert proc.returncode == 0, proc.stderr
-        refs[name] = (outcome(base / name), time.perf_counter() - t0)
+        refs[name] = outcome(base / name)
     return refs
 
 
 @pytest.mark.parametrize("kind", ["search", "train"])
-def test_sigkill_at_random_points_then_resume_gives_the_same_result(tmp_path, reference, kind):
-    """Kill -9 at three random instants (seeded); resume each time; the result is identical.
+def test_kills_at_seeded_points_then_resume_gives_the_same_result(tmp_path, reference, kind):
+    """SIGKILL at seeded steps and in the middle of a checkpoint or log write; resume each time.
 
     Everything is compared exactly: on CPU with a fixed seed the resumed run replays the same
     random numbers (loader order and augmentation per epoch, RNG states in the checkpoint)."""
     args = SEARCH if kind == "search" else TRAIN
-    want, duration = reference[kind]
     rng = random.Random(1234 + len(kind))
     out = tmp_path / "run"
-    kills = 0
-    for point in sorted(rng.uniform(0.3, 0.9) * duration for _ in range(3)):
-        resume = ["--resume"] if (out / "checkpoint.pt").exists() else ["--force"]
-        proc = start(args, out, *resume)
-        time.sleep(point if resume == ["--force"] else point / 3)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=300)
-    resume = ["--resume"] if (out / "checkpoint.pt").exists() else ["--force"]
-    proc = finish(args, out, *resume)
+    # each point lies before the end of what is left: the first kill loses at most epoch 2, a write
+    # (config, then checkpoint and log per epoch) at most one more epoch, so 10+ steps remain
+    points = [f"step:{rng.randint(12, 20)}:KILL", f"write:{rng.randint(2, 4)}:KILL", f"step:{rng.randint(3, 9)}:KILL"]
+    for die in points:
+        proc = run(args, out, "--resume" if (out / "checkpoint.pt").exists() else "--force", die=die)
+        assert proc.returncode == -signal.SIGKILL, (die, proc.stderr)
+    proc = run(args, out, "--resume" if (out / "checkpoint.pt").exists() else "--force")
     assert proc.returncode == 0, proc.stderr
-    assert kills >= 1
-    assert outcome(out) == want
-    assert not any(p.name.endswith(".tmp") and p.stat().st_size == 0 for p in out.iterdir())
+    assert outcome(out) == reference[kind]
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
 
 
 @pytest.mark.parametrize("kind", ["search", "train"])
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, reference, kind):
     args = SEARCH if kind == "search" else TRAIN
     out = tmp_path / "run"
-    proc = start(args, out)
-    deadline = time.time() + 120
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # after epoch 1
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before SIGTERM arrived")
-    lines = stderr.strip().splitlines()
-    assert "SIGTERM" in lines[-1] and "--resume" in lines[-1] and "Traceback" not in stderr
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    # mid-epoch (the usual case) the checkpoint records its position; a signal that lands while the
-    # epoch is being closed (test evaluation) stops at the epoch boundary instead
-    assert ckpt.get("cursor") or "after epoch" in lines[-1]
-    proc = finish(args, out, "--resume")
+    proc = run(args, out, die="step:13:TERM")  # epoch 2, its 3rd step
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "stopped by SIGTERM at epoch 2" in lines[-1] and "--resume" in lines[-1]
+    assert load_checkpoint(out / "checkpoint.pt")["cursor"]
+    proc = run(args, out, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert outcome(out) == reference[kind][0]
+    assert outcome(out) == reference[kind]
 
 
 def test_signal_mid_phase_checkpoints_the_position_and_resumes_exactly(tmp_path):
     """Deterministic version of the SIGTERM test: the signal arrives during step 3 of epoch 2."""
     full = tiny_train("train.epochs=3")
-    want = fit(full, 3, RunDir.create(tmp_path / "full", False, False))
+    want = fit(full, 3, RunDir.open(tmp_path / "full", False, False))
     task = tiny_train("train.epochs=3")
     sigterm_at_step(task, len(task.train_loader) + 3)
-    run = RunDir.create(tmp_path / "run", False, False)
+    run = RunDir.open(tmp_path / "run", False, False)
     with pytest.raises(NGEError, match="stopped by SIGTERM at epoch 2, train step 3"):
         fit(task, 3, run)
     ckpt = load_checkpoint(run.file("checkpoint.pt"))
     assert ckpt["epoch"] == 1 and ckpt["cursor"] == {"train": 3} and ckpt["meters"]["train"]["n"] == 3 * 16
     got = fit(tiny_train("train.epochs=3"), 3, run, resume=True)
     assert without_seconds(got) == without_seconds(want)
-
-
-def tiny_train(*overrides: str) -> TrainTask:
-    cfg = load_config(TrainRunConfig, "train", "smoke", ["runtime.progress=false", *overrides])
-    torch.manual_seed(0)
-    data = make_synthetic(n_train=48, n_test=16, num_classes=4, channels=3, size=12)
-    return TrainTask(cfg, BUILTIN_GENOTYPES["DARTS_V2"], data, torch.device("cpu"))
 
 
 def poison(task: TrainTask, at_call: int) -> None:
@@ -154,7 +124,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     task = tiny_train("train.epochs=3")
     per_epoch = len(task.train_loader)
     poison(task, per_epoch + 2)  # epoch 2, step 2
-    run = RunDir.create(tmp_path / "run", False, False)
+    run = RunDir.open(tmp_path / "run", False, False)
     with pytest.raises(NGEError) as e:
         fit(task, 3, run)
     assert "epoch 2" in str(e.value) and "step 2" in str(e.value) and "non-finite loss" in str(e.value)
@@ -166,7 +136,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
 def test_nan_loss_is_skipped_when_asked(tmp_path):
     task = tiny_train("train.epochs=2", "runtime.nonfinite=skip")
     poison(task, 2)
-    rows = fit(task, 2, RunDir.create(tmp_path / "run", False, False))
+    rows = fit(task, 2, RunDir.open(tmp_path / "run", False, False))
     assert len(rows) == 2
     assert all(torch.isfinite(p).all() for p in task.net.parameters())
 
@@ -238,14 +208,3 @@ def test_idx_reader_rejects_junk_with_a_message_naming_the_file(tmp_path_factory
         read_idx(path)
     except NGEError as e:
         assert "junk-idx" in str(e)
-
-
-def test_run_directory_never_overwritten(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep").write_text("x")
-    for resume in (False, True):
-        with pytest.raises(NGEError, match="--resume|cannot resume"):
-            RunDir.check(out, force=False, resume=resume)
-    assert (out / "keep").exists()
-    assert os.listdir(out) == ["keep"]

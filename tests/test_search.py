@@ -44,7 +44,7 @@ def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch, tm
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
-    fit(task, 1, RunDir.create(tmp_path / "run", False, False))
+    fit(task, 1, RunDir.open(tmp_path / "run", False, False))
     assert len(seen) == len(task.train_loader) and all(torch.equal(seen[0], s) for s in seen)
 
 
@@ -53,15 +53,15 @@ def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path)
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
-    fit(task, 1, RunDir.create(tmp_path / "run", False, False))
+    fit(task, 1, RunDir.open(tmp_path / "run", False, False))
     assert len(seen) >= 2 and not torch.equal(seen[0], seen[-1])
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     full = tiny_task("search.epochs=3")
-    fit(full, 3, RunDir.create(tmp_path / "full", False, False))
+    fit(full, 3, RunDir.open(tmp_path / "full", False, False))
     part = tiny_task("search.epochs=3")
-    run = RunDir.create(tmp_path / "part", False, False)
+    run = RunDir.open(tmp_path / "part", False, False)
     fit(part, 2, run)
     resumed = tiny_task("search.epochs=3")
     fit(resumed, 3, run, resume=True)

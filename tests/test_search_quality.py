@@ -10,9 +10,9 @@ import torch
 from nge.arch import ARCH_PARAMS, build_arch, scale_shared_offset
 from nge.cli import main
 from nge.errors import NGEError
+from nge.genotypes import resolve_genotype
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
 from nge.telemetry import cell_telemetry, op_counts, probs_telemetry
-from nge.train import resolve_genotype
 
 QUIET = ["runtime.progress=false", "runtime.threads=1"]
 E, O = DEFAULT_TOPOLOGY.n_edges, len(PRIMITIVES)  # noqa: E741
@@ -150,7 +150,7 @@ def test_faithful_search_is_unchanged_when_no_remedy_is_set(tmp_path):
     golden = json.loads((Path(__file__).parent / "data" / "faithful_smoke_p.json").read_text())
     same_machine = (golden["torch"], golden["cpu"]) == (torch.__version__, torch.backends.cpu.get_cpu_capability())
     for param in ("nge", "darts"):
-        last = _probs(_search(tmp_path, param, f"search.param={param}"))[-1]
+        last = _probs(_search(tmp_path, param, f"search.arch.name={param}"))[-1]
         for cell in ("normal", "reduce"):
             got, want = torch.tensor(last[cell]), torch.tensor(golden[param][cell])
             assert torch.equal(got, want) if same_machine else torch.allclose(got, want, atol=1e-5)
@@ -172,11 +172,11 @@ def test_search_writes_telemetry_and_op_counts(tmp_path):
 
 @pytest.mark.parametrize("param", ["darts", "nge"])
 def test_each_remedy_changes_the_search(tmp_path, param):
-    base = _probs(_search(tmp_path, "base", f"search.param={param}"))
-    centred = _probs(_search(tmp_path, "so", f"search.param={param}", "search.arch.shared_offset=0"))
+    base = _probs(_search(tmp_path, "base", f"search.arch.name={param}"))
+    centred = _probs(_search(tmp_path, "so", f"search.arch.name={param}", "search.arch.shared_offset=0"))
     last = torch.tensor(centred[-1]["normal"])
     assert centred[-1] != base[-1] and cell_telemetry(last)["majority"] < 1
-    normal = _probs(_search(tmp_path, "normal", f"search.param={param}", "search.arch.init=normal"))
+    normal = _probs(_search(tmp_path, "normal", f"search.arch.name={param}", "search.arch.init=normal"))
     assert cell_telemetry(normal[0]["normal"])["spread"] > 3 * cell_telemetry(base[0]["normal"])["spread"]
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from nge.arch import NGE, CellProbs
+from nge.arch import NGE
 from nge.ops import reduction_indices
+from nge.space import CellProbs
 from nge.supernet import MixedOp, SuperNet, reference_forward
 
 
@@ -48,6 +49,25 @@ def test_mixed_op_is_the_p_weighted_sum():
     assert torch.allclose(op(x, p), expected, atol=1e-6)
     onehot = torch.tensor([1.0, 0.0, 0.0])
     assert torch.allclose(op(x, onehot), x)
+
+
+def test_an_op_added_to_the_table_runs_unfused_in_the_supernet(monkeypatch):
+    """Adding an op is one entry in `ops.OPS`: a type without a fused form runs as p * op(x), in
+    training (batch statistics) and under recomputation (running statistics updated once)."""
+    from nge.ops import OPS, ReLUConvBN
+
+    monkeypatch.setitem(OPS, "conv_1x1", lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine))
+    torch.manual_seed(0)
+    op = MixedOp(4, 1, ("skip_connect", "sep_conv_3x3", "conv_1x1"))
+    x = torch.randn(2, 4, 8, 8)
+    p = torch.tensor([0.2, 0.3, 0.5])
+    plain = copy.deepcopy(op)
+    expected = sum(w * o(x) for w, o in zip(p, plain.ops, strict=True))
+    assert torch.allclose(op(x, p), expected, atol=1e-5)
+    bn = op.ops[2][2]
+    stats = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    op(x, p, update_stats=False)  # a recomputation leaves the running statistics alone
+    assert torch.equal(bn.running_mean, stats[0]) and int(bn.num_batches_tracked) == stats[1]
 
 
 def test_supernet_has_no_architecture_parameters_and_uses_given_p():

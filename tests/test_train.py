@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cifar10, without_seconds
+from helpers.files import make_cifar10
+from helpers.tasks import without_seconds
 from nge.cli import main
-from nge.config import TrainRunConfig, available_presets, load_config, validate_train
+from nge.config import TrainRunConfig, available_presets, load_config, validate
 from nge.data import make_synthetic
 from nge.engine import RunDir, fit
 from nge.errors import NGEError
-from nge.genotypes import BUILTIN_GENOTYPES
-from nge.train import TrainTask, resolve_genotype
+from nge.genotypes import BUILTIN_GENOTYPES, resolve_genotype
+from nge.train import TrainTask
 
 QUIET = ["runtime.progress=false"]
 
@@ -27,7 +28,7 @@ def test_paper_presets_match_spec():
     assert {"smoke", "quick", "paper-cifar10", "paper-cifar100"} <= set(available_presets("train"))
     for name, wd, dataset in (("paper-cifar10", 3e-4, "cifar10"), ("paper-cifar100", 5e-4, "cifar100")):
         cfg = load_config(TrainRunConfig, "train", name, [])
-        validate_train(cfg)
+        validate(cfg)
         m, t, d = cfg.model, cfg.train, cfg.data
         assert (m.layers, m.C, m.auxiliary, m.auxiliary_weight, m.drop_path) == (20, 36, True, 0.4, 0.3)
         assert (t.epochs, t.lr, t.lr_min, t.momentum, t.weight_decay) == (600, 0.25, 0.0, 0.9, wd)
@@ -36,7 +37,7 @@ def test_paper_presets_match_spec():
 
 def test_drop_path_ramps_and_lr_decays(tmp_path):
     task = tiny_task("train.epochs=4", "model.drop_path=0.2")
-    rows = fit(task, 2, RunDir.create(tmp_path / "run", False, False))
+    rows = fit(task, 2, RunDir.open(tmp_path / "run", False, False))
     assert rows[0]["drop_path"] == 0.0 and rows[1]["drop_path"] == pytest.approx(0.05)
     assert rows[0]["lr"] > rows[1]["lr"]
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
@@ -44,8 +45,8 @@ def test_drop_path_ramps_and_lr_decays(tmp_path):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     full = tiny_task("train.epochs=3")
-    a = fit(full, 3, RunDir.create(tmp_path / "a", False, False))
-    run = RunDir.create(tmp_path / "b", False, False)
+    a = fit(full, 3, RunDir.open(tmp_path / "a", False, False))
+    run = RunDir.open(tmp_path / "b", False, False)
     fit(tiny_task("train.epochs=3"), 1, run)
     resumed = tiny_task("train.epochs=3")
     b = fit(resumed, 3, run, resume=True)

@@ -6,28 +6,15 @@ import json
 import pytest
 import torch
 
-from conftest import sigterm_at_step, without_seconds
+from helpers.tasks import sigterm_at_step, without_seconds
 from nge.cli import main
-from nge.config import SegmentRunConfig, TrainRunConfig, load_config, validate_segment, validate_train
-from nge.engine import Meter, linear_lr, poly_lr
-from nge.evalnet import count_params_without_aux
+from nge.config import SegmentRunConfig, TrainRunConfig, load_config, validate
+from nge.engine import Meter
 from nge.genotypes import DARTS_V2
 from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
+from nge.profile import count_params_without_aux
 
 QUIET = ["runtime.progress=false"]
-
-
-def test_linear_schedule_warms_up_then_decays_to_zero():
-    lrs = [linear_lr(1.0, s, steps_per_epoch=2, warmup_epochs=2, epochs=5) for s in range(10)]
-    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up over 2 epochs of 2 steps
-    assert lrs[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])  # reaches 0 after the last step
-    assert linear_lr(0.3, 0, 4, 0, 2) == pytest.approx(0.3)
-
-
-def test_poly_schedule():
-    assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
-    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
-    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
 
 
 def test_imagenet_then_segmentation_through_the_cli(tmp_path, capsys):
@@ -71,7 +58,7 @@ def test_paper_imagenet_preset_values_and_one_step_at_full_size(tmp_path):
     from nge.train import TrainTask, load_train_data
 
     cfg = load_config(TrainRunConfig, "train", "paper-imagenet", [])
-    validate_train(cfg)
+    validate(cfg)
     m, t, d = cfg.model, cfg.train, cfg.data
     assert (m.layers, m.C, m.auxiliary_weight, m.mult_adds_limit) == (14, 48, 0.4, 600_000_000)
     assert (t.epochs, d.batch_size, t.lr, t.schedule, t.warmup_epochs, t.momentum) == (250, 512, 0.25, "linear", 5, 0.9)
@@ -100,7 +87,7 @@ def test_paper_voc_preset_one_step_at_full_size(tmp_path):
     voc = write_synthetic_voc(tmp_path / "voc", aug=True)
     cfg = load_config(SegmentRunConfig, "segment", "paper-voc",
                       [*QUIET, f"data.root={voc}", "data.batch_size=2", "data.workers=0"])
-    validate_segment(cfg)
+    validate(cfg)
     assert (cfg.data.crop, cfg.model.output_stride, cfg.model.rates, cfg.data.aug) == (513, 16, [6, 12, 18], True)
     torch.manual_seed(0)
     model = build_segmenter(cfg, NetworkImageNet(DARTS_V2, C=48, layers=14))
@@ -126,10 +113,10 @@ def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp
         torch.manual_seed(0)
         return TrainTask(cfg, DARTS_V2, load_train_data(cfg, torch.device("cpu")), torch.device("cpu"))
 
-    want = fit(task(), 3, RunDir.create(tmp_path / "full", False, False))
+    want = fit(task(), 3, RunDir.open(tmp_path / "full", False, False))
     stopped = task()
     sigterm_at_step(stopped, len(stopped.train_loader) + 2)
-    run = RunDir.create(tmp_path / "run", False, False)
+    run = RunDir.open(tmp_path / "run", False, False)
     with pytest.raises(NGEError, match="epoch 2, train step 2"):
         fit(stopped, 3, run)
     resumed = task()

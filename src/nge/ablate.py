@@ -1,7 +1,7 @@
 """Comparisons of search methods (the paper's Table 4 and the random-cell baseline).
 
 A comparison is a list of rows; every row runs the same search preset with its own overrides
-(e.g. `search.param=darts`), one search per seed, and every derived genotype is trained with each
+(e.g. `search.arch.name=darts`), one search per seed, and every derived genotype is trained with each
 training preset. The row named `random` searches nothing: seed k trains `random:k`, a cell drawn
 uniformly from the search space. Each search and training run is an ordinary run directory;
 rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
@@ -21,46 +21,27 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from nge.config import (
-    RANDOM_ROW,
-    AblateConfig,
-    SearchRunConfig,
-    TrainRunConfig,
-    load_config,
-    to_yaml,
-    validate_search,
-    validate_train,
-)
+from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, to_yaml, validate
 from nge.engine import RunDir, atomic_write_text, single_process
-from nge.errors import NGEError
+from nge.genotypes import resolve_genotype
 from nge.search import run_search
 from nge.space import Genotype
 from nge.telemetry import op_counts, probs_telemetry
-from nge.train import resolve_genotype, run_train
+from nge.train import run_train
 
 
 def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:
     """Every search and training config of the comparison, validated before anything runs."""
-    if acfg.seeds < 1:
-        raise NGEError(f"bad configuration: seeds must be >= 1, got {acfg.seeds}")
-    names = [r.name for r in acfg.rows]
-    if not names or len(set(names)) != len(names) or not all(n and "/" not in n for n in names):
-        raise NGEError("bad configuration: rows must have distinct, non-empty names without '/'")
-    if not acfg.train_presets:
-        raise NGEError("bad configuration: train_presets is empty")
+    validate(acfg)
     configs = {}
     for row in acfg.rows:
         for seed in range(acfg.seeds):
             if row.name != RANDOM_ROW:
                 s = load_config(SearchRunConfig, "search", row.search_preset or acfg.search_preset,
                                 [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
-                validate_search(s)
                 configs[row.name, seed, "search"] = s
-            elif row.search or row.search_preset:
-                raise NGEError("bad configuration: the random row searches nothing; give it no search settings")
             for tp in acfg.train_presets:
                 t = load_config(TrainRunConfig, "train", tp, [*acfg.train_overrides, *overrides, f"runtime.seed={seed}"])
-                validate_train(t)
                 configs[row.name, seed, tp] = t
     return configs
 
@@ -89,13 +70,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     single_process("nge ablate")
     configs = _configs(acfg, overrides)
     out = Path(out)
-    if force and resume:
-        raise NGEError("--force and --resume exclude each other")
-    if resume and not (out / "ablation.yaml").is_file():
-        raise NGEError(f"cannot resume: {out} holds no ablation.yaml")
-    if not resume:
-        RunDir.check(out, force, False)
-    run = RunDir.create(out, force, False) if not resume else RunDir(out)
+    run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
     run.write_text("ablation.yaml", to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n")
     rows: list[dict] = []
     total = len(acfg.rows) * acfg.seeds

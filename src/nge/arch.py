@@ -8,32 +8,25 @@ only ever see P, so parameterisations are interchangeable. Pick one by name with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
-
-
-class CellProbs(NamedTuple):
-    normal: torch.Tensor  # (n_edges, n_ops)
-    reduce: torch.Tensor  # (n_edges, n_ops)
-
-    def detach(self) -> CellProbs:
-        return CellProbs(self.normal.detach(), self.reduce.detach())
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Topology
 
 
 class ArchParam(nn.Module):
-    """Base class: holds the topology, produces P. Subclasses implement `logits()`."""
+    """Base class: holds the topology, produces P. Subclasses implement `logits()` and name
+    themselves in comparison tables with `label`."""
+
+    label: str
 
     def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
         super().__init__()
         self.topology = topology
         self.n_ops = n_ops
-        self.shared_offset = 1.0  # see `ArchOptimConfig.shared_offset`; 1 leaves the logits as they are
+        self.shared_offset = 1.0  # see `config.ArchConfig.shared_offset`; 1 leaves the logits as they are
         src, dst = zip(*topology.edges, strict=True)
         self.register_buffer("edge_src", torch.tensor(src), persistent=False)
         self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
@@ -88,10 +81,12 @@ class EdgeHead(nn.Module):
 
 
 class DartsAlpha(ArchParam):
-    """Baseline (DARTS, SPEC section 5 Table 4): P = softmax of free per-edge logits.
+    """Baseline (DARTS, docs/paper.md section 5 Table 4): P = softmax of free per-edge logits.
 
     alpha_normal, alpha_reduce: (|E| x O) parameters, initialised 1e-3 * randn as in DARTS.
     """
+
+    label = "Baseline (DARTS)"
 
     def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
         super().__init__(topology, n_ops)
@@ -142,7 +137,7 @@ class NodeEmbeddingParam(ArchParam):
 
 
 class NGE(NodeEmbeddingParam):
-    """Neural graph embedding (SPEC section 2, Eq. 5-10; NGE in Table 4).
+    """Neural graph embedding (docs/paper.md section 2, Eq. 5-10; NGE in Table 4).
 
     X_normal, X_reduce: (|V| x D) learnable, initialised one-hot. A 3-layer GCN
     H <- ReLU(A_hat H W) with widths D -> hidden -> hidden -> F, shared edge MLP and op FC.
@@ -150,6 +145,8 @@ class NGE(NodeEmbeddingParam):
     each is followed by a ReLU); op-FC weights from N(0, OP_FC_INIT_STD^2), so P starts close to
     uniform, as DARTS's alphas (1e-3 * randn) do.
     """
+
+    label = "NGE"
 
     def __init__(
         self,
@@ -187,6 +184,8 @@ class Plain(NodeEmbeddingParam):
     so a node's embedding depends on its own x_v only; then the same `EdgeHead` as NGE.
     """
 
+    label = "Plain"
+
     def __init__(
         self,
         topology: Topology = DEFAULT_TOPOLOGY,
@@ -216,6 +215,8 @@ class RNN(Plain):
     the common gated choice, preferred here over a plain tanh RNN for its gating.
     """
 
+    label = "RNN"
+
     def __init__(
         self,
         topology: Topology = DEFAULT_TOPOLOGY,
@@ -234,19 +235,19 @@ class RNN(Plain):
         return out
 
 
-ArchFactory = Callable[..., ArchParam]
-
-ARCH_PARAMS: dict[str, ArchFactory] = {
-    "nge": NGE,
+# The one table of parameterisations: config name -> class (its `label` names it in tables). The
+# order is the order of the paper's Table 4 rows and of `nge ablate`'s default rows.
+ARCH_PARAMS: dict[str, type[ArchParam]] = {
     "darts": DartsAlpha,
     "plain": Plain,
     "rnn": RNN,
+    "nge": NGE,
 }
 
 
 def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
                init: str = "uniform", shared_offset: float = 1.0) -> ArchParam:
-    """A parameterisation by name; `init` and `shared_offset` as `ArchOptimConfig` describes them."""
+    """A parameterisation by name; `init` and `shared_offset` as `config.ArchConfig` describes them."""
     try:
         factory = ARCH_PARAMS[name]
     except KeyError:

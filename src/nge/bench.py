@@ -1,7 +1,7 @@
 """`nge bench`: images/s and peak memory of the search and training steps, on synthetic data.
 
-    nge bench [--what supernet|embedding|eval|arch|all] [--device auto|cpu|cuda] [--batch N]
-              [--steps N] [--warmup N] [--reference] [--checkpoint none|early|edge|cell] [--smoke]
+    nge bench [--what supernet|arch-step|eval|arch-forward|all] [--device auto|cpu|cuda] [--batch N]
+              [--steps N] [--warmup N] [--reference] [--smoke]
               [--json] [--in-process] [KEY=VALUE ...]
     python -m nge.bench ...    (the same, without the `nge` command)
 
@@ -9,16 +9,16 @@ What is timed (the real step functions, on batches made before timing):
 
 - `supernet`: the search's weight step (`SearchTask.weight_step`: forward, backward, clip, SGD) of a
   search preset's supernet (default `paper`: 8 cells, C = 16, 32x32x3 input, 10 classes, batch 32);
-- `embedding`: the search's embedding step (`SearchTask.arch_step`: P, forward, backward to the
+- `arch-step`: the search's arch step (`SearchTask.arch_step`: P, forward, backward to the
   parameterisation, Adam) on the same supernet;
 - `eval`: the training step of an evaluation network (`TrainTask.train_step`; default the
   `paper-cifar10` network of DARTS_V2, 20 cells, C = 36, auxiliary head, drop-path at its final
   value, batch 128);
-- `arch`: the parameterisation's forward alone (P from the search preset's `search.param`, with
-  autograd recording as in the embedding step). Its images/s is the batch size over that time,
+- `arch-forward`: the parameterisation's forward alone (P from the search preset's `search.arch.name`,
+  with autograd recording as in the arch step). Its images/s is the batch size over that time,
   the rate the step could reach if it did nothing else (P is computed once per batch).
 
-`--reference` adds the supernet and embedding steps in DARTS's own form (`reference_forward`: every
+`--reference` adds the supernet weight and arch steps in DARTS's own form (`reference_forward`: every
 op called whole, P from the parameterisation inside the step and not detached, NCHW, fp32), so the
 speed-up is measured on the same machine. Each measurement runs in a fresh process, so its peak
 memory is its own: peak RSS on CPU (`ru_maxrss`, which includes torch itself; `base_mem_mb` is the
@@ -26,7 +26,8 @@ RSS before the first step), `torch.cuda.max_memory_allocated` on CUDA. images/s 
 over the median time of the timed steps, after the warm-up steps.
 
 KEY=VALUE overrides go to the search and/or training configuration, whichever has the key
-(e.g. `runtime.channels_last=true`, `runtime.amp=true`, `runtime.threads=2`, `model.C=8`).
+(e.g. `runtime.channels_last=true`, `runtime.amp=true`, `runtime.threads=2`, `model.C=8`,
+`model.checkpoint=early`).
 """
 
 from __future__ import annotations
@@ -43,24 +44,22 @@ from typing import Any
 
 from nge.errors import NGEError
 
-WHATS = ("supernet", "embedding", "eval", "arch")
-REFERENCE_WHATS = ("supernet", "embedding")  # the steps that have a reference form
+WHATS = ("supernet", "arch-step", "eval", "arch-forward")
+REFERENCE_WHATS = ("supernet", "arch-step")  # the steps that have a reference form
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--what", choices=(*WHATS, "all"), default="all", help="which step to time (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     p.add_argument("--batch", type=int,
-                   help="batch size (default: 32 for the supernet steps and arch, the training preset's (128) for eval; "
+                   help="batch size (default: 32 for the supernet steps and arch-forward, the training preset's (128) for eval; "
                         "--smoke: the presets')")
     p.add_argument("--steps", type=int, help="timed steps, the median is reported (default: 5; --smoke: 2)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 2; --smoke: 1)")
-    p.add_argument("--preset", help="search preset for supernet, embedding, arch (default: paper; --smoke: smoke)")
+    p.add_argument("--preset", help="search preset for supernet, arch-step, arch-forward (default: paper; --smoke: smoke)")
     p.add_argument("--train-preset", help="training preset for eval (default: paper-cifar10; --smoke: smoke)")
     p.add_argument("--genotype", default="DARTS_V2", help="genotype of the eval network (default: DARTS_V2)")
     p.add_argument("--reference", action="store_true", help="also time the supernet steps in DARTS's form")
-    p.add_argument("--checkpoint", choices=("none", "early", "edge", "cell"),
-                   help="activation checkpointing of the supernet (default: as built, none)")
     p.add_argument("--smoke", action="store_true", help="tiny presets, 1 warm-up and 2 timed steps: seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
     p.add_argument("--in-process", action="store_true",
@@ -157,7 +156,7 @@ def _rss_mb() -> float:
 
 
 def _reference_steps(task):
-    """The weight and embedding steps of `task` with the supernet in DARTS's form (reference_forward,
+    """The weight and arch steps of `task` with the supernet in DARTS's form (reference_forward,
     P computed by the parameterisation inside the step, not detached, NCHW, fp32)."""
     import torch.nn.functional as F
 
@@ -168,24 +167,24 @@ def _reference_steps(task):
 
     def weight(x, y):
         task.net.train()
-        task.a_opt.zero_grad(set_to_none=True)
+        task.arch_opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
-        sgd_step(loss, task.w_opt, task.w_params, clip)
+        sgd_step(loss, task.weight_opt, task.weight_params, clip)
 
-    def embedding(x, y):
+    def arch(x, y):
         task.net.train()
         with frozen(task.net):
             loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
-            sgd_step(loss, task.a_opt, task.a_params, 0.0)
+            sgd_step(loss, task.arch_opt, task.arch_params, 0.0)
 
-    return weight, embedding
+    return weight, arch
 
 
 def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[str, Any]:
     """Times one step kind in this process; returns the result row."""
     import torch
 
-    from nge.config import to_dict, validate_search, validate_train
+    from nge.config import to_dict, validate
     from nge.engine import Meter, resolve_device, setup_runtime
 
     kind = "train" if what == "eval" else "search"
@@ -193,7 +192,7 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
     if reference:
         cfg.runtime.channels_last = False
         cfg.runtime.amp = False
-    (validate_train if kind == "train" else validate_search)(cfg)
+    validate(cfg)
     device = resolve_device(cfg.runtime.device)
     setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
     batch, n = cfg.data.batch_size, s.warmup + s.steps
@@ -204,14 +203,12 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
         data = _synthetic(cfg, 2 * batch * n)
         cfg.data.train_portion = 0.5
         task = SearchTask(cfg, data, device)
-        if not reference and s.checkpoint:
-            task.net.set_checkpoint(s.checkpoint)
-        batches = list(task.val_loader if what == "embedding" else task.train_loader)[:n]
-        if what == "arch":
+        batches = list(task.val_loader if what == "arch-step" else task.train_loader)[:n]
+        if what == "arch-forward":
             def step(x, y):
                 task.arch()
         elif reference:
-            ref = _reference_steps(task)[what == "embedding"]
+            ref = _reference_steps(task)[what == "arch-step"]
 
             def step(x, y):
                 ref(x.contiguous(), y)  # NCHW
@@ -223,10 +220,11 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
         else:
             def step(x, y):
                 task.arch_step(x, y, Meter())
-        row.update(preset=cfg.preset, param=cfg.search.param, C=cfg.model.C, layers=cfg.model.layers,
-                   checkpoint="none" if reference or what == "arch" else task.net.checkpoint)
+        row.update(preset=cfg.preset, arch=str(cfg.search.arch.name), C=cfg.model.C, layers=cfg.model.layers,
+                   checkpoint="none" if reference or what == "arch-forward" else task.net.checkpoint)
     else:
-        from nge.train import TrainTask, resolve_genotype
+        from nge.genotypes import resolve_genotype
+        from nge.train import TrainTask
 
         task = TrainTask(cfg, resolve_genotype(s.genotype), _synthetic(cfg, batch * n), device)
         task.net.set_drop_path(cfg.model.drop_path)
@@ -290,8 +288,6 @@ def _child_argv(s: argparse.Namespace, what: str, reference: bool) -> list[str]:
     argv = ["--one", f"{what}:reference" if reference else what, "--device", s.device, "--steps", str(s.steps),
             "--warmup", str(s.warmup), "--preset", s.preset, "--train-preset", s.train_preset,
             "--genotype", s.genotype]
-    if s.checkpoint:
-        argv += ["--checkpoint", s.checkpoint]
     if s.batch:
         argv += ["--batch", str(s.batch)]
     if s.smoke:

@@ -22,7 +22,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("search", args.preset)
     summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
-    if "preset" in summary:  # the main process's summary (under torchrun the others return less)
+    if summary is not None:  # None in all but the first process under torchrun
         print(json.dumps(summary["genotype"]))
     return 0
 
@@ -35,7 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("train", args.preset)
     summary = run_train(cfg, args.genotype, out, force=args.force, resume=args.resume, log=_log)
-    if "preset" in summary:
+    if summary is not None:
         print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
     return 0
 
@@ -85,64 +85,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """A search preset's supernet, or (with --genotype) a training preset's evaluation network."""
-    import torch
+    from nge.profile import format_profile, profile
 
-    from nge.config import load_config, to_dict
-
-    over_limit = None
-    if args.genotype:
-        from nge.config import TrainRunConfig, validate_train
-        from nge.train import check_mult_adds, profile_preset, resolve_genotype
-
-        cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
-        validate_train(cfg)
-        result = {"preset": args.preset, "network": "evaluation", "genotype": args.genotype,
-                  **profile_preset(cfg, resolve_genotype(args.genotype)), "arch_params": 0}
-        channels, size, classes = result["input"][0], result["input"][1], result.pop("num_classes")
-        result["mult_adds_limit"] = cfg.model.mult_adds_limit
-        try:
-            check_mult_adds(cfg, result["mult_adds"], args.genotype)
-        except NGEError as e:
-            over_limit = str(e)
-    else:
-        from nge.arch import build_arch
-        from nge.config import SearchRunConfig, validate_search
-        from nge.engine import count_params
-        from nge.profile import count_mult_adds
-        from nge.search import build_supernet
-
-        cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
-        validate_search(cfg)
-        channels, size, classes = _input_shape(cfg)
-        net = build_supernet(cfg, channels, classes)
-        arch = build_arch(cfg.search.param)
-        with torch.no_grad():
-            probs = arch()
-        x = torch.zeros(1, channels, size, size)
-        result = {"preset": args.preset, "network": "supernet", "input": [channels, size, size],
-                  "params": count_params(net), "arch_params": count_params(arch),
-                  "mult_adds": count_mult_adds(net, lambda: net(x, probs))}
-    result["config"] = to_dict(cfg.model)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        what = f"{result['network']} network" + (f" of {args.genotype}" if args.genotype else "")
-        print(f"preset {args.preset}: {what} on {channels}x{size}x{size} input, {classes} classes")
-        label = "weights (without aux head)" if args.genotype else "supernet weights"
-        print(f"  {label:<27} {result['params']:>14,}")
-        if not args.genotype:
-            print(f"  {'architecture params':<27} {result['arch_params']:>14,}  ({cfg.search.param})")
-        print(f"  {'multiply-adds / image':<27} {result['mult_adds']:>14,}")
+    result, over_limit = profile(args.preset, args.overrides, args.genotype)
+    print(json.dumps(result) if args.json else format_profile(result))
     if over_limit:
         raise NGEError(f"{over_limit}; nge train refuses this network")
     return 0
-
-
-def _input_shape(cfg) -> tuple[int, int, int]:
-    from nge.config import to_dict
-    from nge.data import input_shape
-
-    return input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,13 +1,16 @@
 """Typed configuration: dataclass schemas, presets as YAML files, dotted KEY=VALUE overrides.
 
-OmegaConf checks keys and types against the schema; `validate_*` checks values. Every failure is
-an NGEError with a one-line message.
+Each command has its own schema with only the keys it reads. `load_config` merges schema defaults,
+a preset and overrides; OmegaConf checks keys and types, the schema's validator checks values, and
+an override that has no effect in this run (e.g. `data.workers` without `data.name=imagenet`) is
+refused.
+Every failure is an NGEError with a one-line message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -15,10 +18,12 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nge.arch import ARCH_PARAMS
 from nge.errors import NGEError
+from nge.supernet import CHECKPOINT_MODES
 
 
-class DataName(str, Enum):
+class DataName(StrEnum):
     fashion_mnist = "fashion_mnist"
     cifar10 = "cifar10"
     cifar100 = "cifar100"
@@ -26,23 +31,23 @@ class DataName(str, Enum):
     synthetic = "synthetic"
 
 
-class Alternation(str, Enum):
+class Alternation(StrEnum):
     epoch = "epoch"  # NGE (Algorithm 1): all training batches, then all validation batches
     batch = "batch"  # DARTS: one validation step per training step
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Schedule(str, Enum):
+class Schedule(StrEnum):
     cosine = "cosine"  # per epoch, to lr_min after the last epoch (DARTS)
     linear = "linear"  # per step: linear warm-up over warmup_epochs, then linear decay to 0 (Goyal et al.)
 
 
-class NonFinitePolicy(str, Enum):
+class NonFinitePolicy(StrEnum):
     stop = "stop"  # stop the run, keeping the last good checkpoint
     skip = "skip"  # skip the update of a step whose loss or gradient is not finite
 
@@ -58,18 +63,28 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """Data keys common to search and training (in-memory data sets)."""
+
     name: DataName = DataName.fashion_mnist
-    root: str | None = None  # None: the default location where one exists (Fashion-MNIST)
+    root: str | None = None  # None: the default location where one exists (Fashion-MNIST); unused for synthetic
     limit: int | None = None  # use at most this many training-set images (before the split)
-    train_portion: float = 0.5  # share of the training set used to train weights; the rest is val
     batch_size: int = 64
     crop_pad: int = 4
     flip: bool = True
-    cutout: int = 0  # cutout square side in pixels; 0 disables (evaluation training only)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    workers: int = 4  # DataLoader processes decoding images (imagenet, voc)
-    image_size: int = 224  # imagenet: training crop and test centre crop
-    resize: int = 256  # imagenet: shorter side before the test centre crop
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # data.name=synthetic only
+
+
+@dataclass
+class SearchDataConfig(DataConfig):
+    train_portion: float = 0.5  # share of the training set used to train weights; the rest is val
+
+
+@dataclass
+class TrainDataConfig(DataConfig):
+    cutout: int = 0  # cutout square side in pixels; 0 disables
+    workers: int = 4  # DataLoader processes decoding images (data.name=imagenet only)
+    image_size: int = 224  # training crop and test centre crop (data.name=imagenet only)
+    resize: int = 256  # shorter side before the test centre crop (data.name=imagenet only)
 
 
 @dataclass
@@ -83,12 +98,18 @@ class RuntimeConfig:
     nonfinite: NonFinitePolicy = NonFinitePolicy.stop
 
 
+# model.checkpoint: what the supernet recomputes in the backward pass (none, early, edge, cell)
+Recompute = StrEnum("Recompute", {m: m for m in CHECKPOINT_MODES})
+# search.arch.name: the architecture parameterisation, one of the registry `nge.arch.ARCH_PARAMS`
+ArchName = StrEnum("ArchName", {name: name for name in ARCH_PARAMS})
+
+
 @dataclass
 class SupernetConfig:
     C: int = 16
     layers: int = 8
     stem_multiplier: int = 3
-    checkpoint: str = "none"  # none, early, edge, cell: recompute activations in the backward pass (less memory, slower)
+    checkpoint: Recompute = Recompute("none")  # recompute activations in the backward pass (less memory, slower)
 
 
 @dataclass
@@ -100,17 +121,19 @@ class WeightOptimConfig:
     grad_clip: float = 5.0  # 0 disables; not in the paper, DARTS uses 5
 
 
-class ArchInit(str, Enum):
+class ArchInit(StrEnum):
     uniform = "uniform"  # the layer producing the logits ~ N(0, 1e-3^2): P starts uniform, as DARTS's alphas
     normal = "normal"  # that layer at standard scale (N(0, 1/fan_in); alphas N(0, 1)): every edge starts different
 
 
 @dataclass
-class ArchOptimConfig:
-    """The parameterisation's optimiser (SPEC section 3) and the search remedies that act on P.
+class ArchConfig:
+    """The architecture parameterisation ("arch": what produces P), its optimiser (docs/paper.md
+    section 3) and the search remedies that act on P.
 
     The remedies default to off (the paper's search); each works with every parameterisation."""
 
+    name: ArchName = ArchName.nge
     lr: float = 6e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -127,17 +150,16 @@ class ArchOptimConfig:
 
 @dataclass
 class SearchConfig:
-    param: str = "nge"
     epochs: int = 25
     alternation: Alternation = Alternation.epoch
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
-    arch: ArchOptimConfig = field(default_factory=ArchOptimConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
 
 
 @dataclass
 class SearchRunConfig:
     preset: str = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
+    data: SearchDataConfig = field(default_factory=SearchDataConfig)
     model: SupernetConfig = field(default_factory=SupernetConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -160,7 +182,7 @@ def _one_line(e: OmegaConfBaseException) -> str:
 
 
 def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -> T:
-    """Schema defaults <- presets/<kind>/<preset>.yaml <- KEY=VALUE overrides, then typed object."""
+    """Schema defaults <- presets/<kind>/<preset>.yaml <- KEY=VALUE overrides: a typed, validated object."""
     names = available_presets(kind)
     if preset not in names:
         raise NGEError(f"unknown {kind} preset '{preset}' (available: {', '.join(names)})")
@@ -174,11 +196,44 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -
         cfg = OmegaConf.merge(base, OmegaConf.create(text), {"preset": preset})
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        return OmegaConf.to_object(cfg)
+        obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise NGEError(f"bad configuration: {_one_line(e)}") from None
     except yaml.YAMLError as e:  # an override value that is not valid YAML
         raise NGEError(f"bad configuration: cannot parse {overrides!r} ({str(e).splitlines()[0]})") from None
+    validate(obj)
+    _refuse_inert(obj, overrides)
+    return obj
+
+
+def _inert(cfg: Any) -> dict[str, str]:
+    """Keys (or sections) that have no effect in this configuration, with the reason."""
+    out = {}
+    d = getattr(cfg, "data", None)
+    if isinstance(d, DataConfig):
+        if d.name != DataName.synthetic:
+            out["data.synthetic"] = f"with data.name={d.name} (only with data.name=synthetic)"
+        else:
+            out["data.root"] = "with data.name=synthetic"
+    if isinstance(d, TrainDataConfig):
+        if d.name != DataName.imagenet:
+            for key in ("workers", "image_size", "resize"):
+                out[f"data.{key}"] = f"with data.name={d.name} (only with data.name=imagenet)"
+        else:
+            out["model.stem_multiplier"] = "with data.name=imagenet (the ImageNet network has its own stem)"
+        if not cfg.model.auxiliary:
+            out["model.auxiliary_weight"] = "with model.auxiliary=false"
+    return out
+
+
+def _refuse_inert(cfg: Any, overrides: list[str]) -> None:
+    """An override that would change nothing is a mistake worth a message, not silence."""
+    inert = _inert(cfg)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for prefix, why in inert.items():
+            if key == prefix or key.startswith(prefix + "."):
+                raise NGEError(f"bad configuration: {key} has no effect {why}; drop it")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -194,36 +249,29 @@ def _check(ok: bool, msg: str) -> None:
         raise NGEError(f"bad configuration: {msg}")
 
 
-def validate_data(d: DataConfig) -> None:
+def _validate_data(d: DataConfig) -> None:
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
-    _check(0.0 < d.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {d.train_portion}")
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
-    _check(d.crop_pad >= 0 and d.cutout >= 0, f"data.crop_pad and data.cutout must be >= 0, got {d.crop_pad}, {d.cutout}")
+    _check(d.crop_pad >= 0, f"data.crop_pad must be >= 0, got {d.crop_pad}")
     s = d.synthetic
     _check(min(s.n_train, s.n_test, s.channels, s.size) >= 1 and s.num_classes >= 2,
            "data.synthetic sizes must be positive with at least 2 classes")
-    _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
-    _check(8 <= d.image_size <= d.resize, f"data.image_size must be >= 8 and <= data.resize, got {d.image_size}, {d.resize}")
 
 
-def validate_runtime(r: RuntimeConfig) -> None:
+def _validate_runtime(r: RuntimeConfig) -> None:
     _check(r.threads is None or r.threads >= 1, f"runtime.threads must be >= 1 or null, got {r.threads}")
     _check(0 <= r.seed < 2**31, f"runtime.seed must be in [0, 2^31), got {r.seed}")
 
 
-def validate_search(cfg: SearchRunConfig) -> None:
-    from nge.arch import ARCH_PARAMS
-
-    validate_data(cfg.data)
-    validate_runtime(cfg.runtime)
+def _validate_search(cfg: SearchRunConfig) -> None:
+    _validate_data(cfg.data)
+    _validate_runtime(cfg.runtime)
     s, m = cfg.search, cfg.model
     _check(cfg.data.name != DataName.imagenet, "search holds its data in memory; data.name=imagenet is for nge train")
-    _check(s.param in ARCH_PARAMS, f"search.param '{s.param}' unknown (known: {', '.join(ARCH_PARAMS)})")
+    _check(0.0 < cfg.data.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {cfg.data.train_portion}")
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
     _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
            "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
-    _check(m.checkpoint in ("none", "early", "edge", "cell"),
-           f"model.checkpoint must be none, early, edge or cell, got {m.checkpoint}")
     w, a = s.weights, s.arch
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, "search.weights.lr must be > 0 and 0 <= lr_min <= lr")
     _check(0 <= w.momentum < 1, f"search.weights.momentum must be in [0, 1), got {w.momentum}")
@@ -260,16 +308,16 @@ class TrainConfig:
 @dataclass
 class TrainRunConfig:
     preset: str = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: EvalNetConfig = field(default_factory=EvalNetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-def validate_train(cfg: TrainRunConfig) -> None:
-    validate_data(cfg.data)
-    validate_runtime(cfg.runtime)
-    m, t = cfg.model, cfg.train
+def _validate_train(cfg: TrainRunConfig) -> None:
+    _validate_data(cfg.data)
+    _validate_runtime(cfg.runtime)
+    m, t, d = cfg.model, cfg.train, cfg.data
     _check(m.C >= 2 and m.C % 2 == 0, f"model.C must be an even number >= 2, got {m.C}")
     _check(m.layers >= 3 and m.stem_multiplier >= 1, "model.layers must be >= 3 and model.stem_multiplier >= 1")
     _check(m.auxiliary_weight >= 0, f"model.auxiliary_weight must be >= 0, got {m.auxiliary_weight}")
@@ -282,10 +330,12 @@ def validate_train(cfg: TrainRunConfig) -> None:
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs must be in [0, train.epochs), got {t.warmup_epochs}")
     _check(t.schedule == Schedule.linear or t.warmup_epochs == 0, "train.warmup_epochs needs train.schedule=linear")
     _check(m.mult_adds_limit is None or m.mult_adds_limit > 0, "model.mult_adds_limit must be > 0 or null")
-    d = cfg.data
+    _check(d.cutout >= 0, f"data.cutout must be >= 0, got {d.cutout}")
     if d.name == DataName.imagenet:
         _check(d.crop_pad == 0 and d.cutout == 0 and d.flip,
                "imagenet training always flips and takes random-resized crops: data.flip=true, data.crop_pad=0, data.cutout=0")
+        _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
+        _check(8 <= d.image_size <= d.resize, f"data.image_size must be >= 8 and <= data.resize, got {d.image_size}, {d.resize}")
 
 
 RANDOM_ROW = "random"  # the ablation row whose cells are drawn uniformly instead of searched
@@ -304,9 +354,8 @@ class AblateRow:
 
 
 def _table4_rows() -> list[AblateRow]:
-    labels = {"darts": "Baseline (DARTS)", "plain": "Plain", "rnn": "RNN", "nge": "NGE"}
     return [AblateRow(RANDOM_ROW, "Random cells")] + [
-        AblateRow(name, label, search=[f"search.param={name}"]) for name, label in labels.items()]
+        AblateRow(name, factory.label, search=[f"search.arch.name={name}"]) for name, factory in ARCH_PARAMS.items()]
 
 
 @dataclass
@@ -363,8 +412,8 @@ class SegmentRunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-def validate_segment(cfg: SegmentRunConfig) -> None:
-    validate_runtime(cfg.runtime)
+def _validate_segment(cfg: SegmentRunConfig) -> None:
+    _validate_runtime(cfg.runtime)
     d, m, t = cfg.data, cfg.model, cfg.train
     _check(d.root is not None, "data.root must name the VOC2012 folder (JPEGImages, SegmentationClass, ImageSets)")
     _check(d.batch_size >= 2, f"data.batch_size must be >= 2 (batch norm in the image-pooling branch), got {d.batch_size}")
@@ -379,3 +428,31 @@ def validate_segment(cfg: SegmentRunConfig) -> None:
     _check(t.lr > 0 and t.power >= 0, "train.lr must be > 0 and train.power >= 0")
     _check(0 <= t.momentum < 1 and t.weight_decay >= 0 and t.grad_clip >= 0,
            "train.momentum must be in [0, 1), train.weight_decay and train.grad_clip >= 0")
+
+
+def _validate_ablate(cfg: AblateConfig) -> None:
+    _check(cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}")
+    names = [r.name for r in cfg.rows]
+    _check(bool(names) and len(set(names)) == len(names) and all(n and "/" not in n for n in names),
+           "rows must have distinct, non-empty names without '/'")
+    _check(bool(cfg.train_presets), "train_presets is empty")
+    for r in cfg.rows:
+        _check(r.name != RANDOM_ROW or not (r.search or r.search_preset),
+               "the random row searches nothing; give it no search settings")
+
+
+_VALIDATORS = {
+    SearchRunConfig: _validate_search,
+    TrainRunConfig: _validate_train,
+    SegmentRunConfig: _validate_segment,
+    AblateConfig: _validate_ablate,
+}
+
+# What a resume may change: settings that cannot change a run's results. Everything else (the
+# seed, which fixes the split and the batch order, included) must match the run's checkpoint.
+RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress")
+
+
+def validate(cfg: Any) -> None:
+    """The schema's own validator; `load_config` runs it, so every loaded config has passed it."""
+    _VALIDATORS[type(cfg)](cfg)

@@ -344,6 +344,11 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches_from(0)
+
+    def batches_from(self, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from number `first` on (a resumed epoch). The random numbers come
+        from one generator in sequence, so the batches before `first` are drawn and dropped."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = self.x.shape[0]
         order = torch.randperm(n, generator=g).to(self.device) if self.shuffle else None
@@ -365,7 +370,8 @@ class BatchLoader:
                 x, y = x[mine], y[mine]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            if b >= first:
+                yield x, y
 
 
 def describe(ds: Dataset) -> str:

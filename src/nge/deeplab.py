@@ -1,4 +1,4 @@
-"""DeepLabv3 (Chen et al. 2017) with a searched-cell ImageNet network as backbone (SPEC section 4).
+"""DeepLabv3 (Chen et al. 2017) with a searched-cell ImageNet network as backbone (docs/paper.md section 4).
 
 The backbone is `NetworkImageNet` without its heads, its last reduction turned into a dilation
 (output stride 16). On top: ASPP (a 1x1 branch, three 3x3 atrous branches, image pooling), a 1x1

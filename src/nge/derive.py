@@ -1,4 +1,4 @@
-"""Derivation (SPEC section 3): a pure function from P to a genotype."""
+"""Derivation (docs/paper.md section 3): a pure function from P to a genotype."""
 
 from __future__ import annotations
 

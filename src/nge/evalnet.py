@@ -1,4 +1,4 @@
-"""Evaluation networks built from a `Genotype` (SPEC section 4; DARTS `model.py`).
+"""Evaluation networks built from a `Genotype` (docs/paper.md section 4; DARTS `model.py`).
 
 `CellStack` is the one cell-stacking implementation; `NetworkCIFAR` and `NetworkImageNet` differ
 only in their stem and auxiliary head. All layers come from `nge.ops`.
@@ -6,10 +6,13 @@ only in their stem and auxiliary head. All layers come from `nge.ops`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nge.errors import NGEError
 from nge.ops import OPS, DropPath, Preprocess, reduction_indices
 from nge.space import NUM_INPUTS, CellGenotype, Genotype
 
@@ -326,8 +329,14 @@ class NetworkImageNet(_EvalNetwork):
         self.stack.dilate({32: 0, 16: 1, 8: 2}[output_stride])
 
 
-def count_params_without_aux(net: nn.Module) -> int:
-    """Number of parameters, leaving out the auxiliary head (as DARTS and the literature count)."""
-    aux = getattr(net, "auxiliary_head", None)
-    skip = {id(p) for p in aux.parameters()} if aux is not None else set()
-    return sum(p.numel() for p in net.parameters() if id(p) not in skip)
+def build_network(model: Any, genotype: Genotype, in_channels: int, num_classes: int,
+                  imagenet: bool) -> NetworkCIFAR | NetworkImageNet:
+    """The evaluation network of a training config's `model` section: DARTS's ImageNet network
+    for ImageNet-size data, the CIFAR network otherwise."""
+    if imagenet:
+        if in_channels != 3:
+            raise NGEError(f"the ImageNet network takes RGB images, not {in_channels} channels")
+        return NetworkImageNet(genotype, C=model.C, num_classes=num_classes, layers=model.layers,
+                               auxiliary=model.auxiliary)
+    return NetworkCIFAR(genotype, C=model.C, num_classes=num_classes, layers=model.layers, auxiliary=model.auxiliary,
+                        in_channels=in_channels, stem_multiplier=model.stem_multiplier)

@@ -116,6 +116,9 @@ class DropPath(nn.Module):
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 
+# The one table of candidate operations (O = 7, the paper's order; no 'none' op). Adding an op
+# here adds it to the search space, every network, the genotype checks and the pictures; the
+# supernet runs it unfused (p * op(x)) unless `supernet.MixedOp` has a fused form for its type.
 OPS: dict[str, OpFactory] = {
     "skip_connect": lambda C, stride, affine: nn.Identity() if stride == 1 else FactorizedReduce(C, C, affine),
     "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
@@ -125,6 +128,7 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
 }
+PRIMITIVES: tuple[str, ...] = tuple(OPS)
 
 
 class Preprocess(nn.Module):

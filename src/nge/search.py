@@ -1,8 +1,9 @@
-"""The search loop (SPEC section 3, Algorithm 1) as an EpochTask for the shared engine.
+"""The search loop (docs/paper.md section 3, Algorithm 1) as an EpochTask for the shared engine.
 
 Epoch-wise alternation (default): compute P once, train the weights w over every training batch
-with P fixed, then update the parameterisation over every validation batch, recomputing P each
-step (first order). Per-batch alternation (DARTS) interleaves one validation step per training step.
+with P fixed, then update the architecture parameterisation ("arch") over every validation batch,
+recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step per
+weight step.
 """
 
 from __future__ import annotations
@@ -13,56 +14,45 @@ import torch
 import torch.nn.functional as F
 
 from nge import viz
-from nge.arch import ArchParam, CellProbs, build_arch
-from nge.config import SearchRunConfig, to_dict, to_yaml, validate_search
+from nge.arch import ArchParam, build_arch
+from nge.config import SearchRunConfig, to_dict
 from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, split_train_val
 from nge.derive import derive
 from nge.engine import (
     Meter,
     Phase,
     RunDir,
+    Zipped,
     autocast,
-    check_resume,
     check_same_everywhere,
     cosine_lr,
-    count_params,
     data_parallel,
-    fit,
     frozen,
-    is_main,
-    main_log,
-    process_note,
     set_lr,
-    setup_runtime,
     sgd_step,
     world,
 )
-from nge.space import Genotype
-from nge.supernet import SuperNet
+from nge.engine.job import Job, run_job
+from nge.profile import count_params
+from nge.space import CellProbs, Genotype
+from nge.supernet import build_supernet
 from nge.telemetry import op_counts, probs_telemetry
-
-
-def build_supernet(cfg: SearchRunConfig, in_channels: int, num_classes: int) -> SuperNet:
-    m = cfg.model
-    return SuperNet(C=m.C, num_classes=num_classes, layers=m.layers, in_channels=in_channels,
-                    stem_multiplier=m.stem_multiplier, checkpoint=m.checkpoint)
 
 
 class SearchTask:
     def __init__(self, cfg: SearchRunConfig, data: Dataset, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.net = build_supernet(cfg, data.in_channels, data.num_classes).to(device)
+        self.net = build_supernet(cfg.model, data.in_channels, data.num_classes).to(device)
         w, a = cfg.search.weights, cfg.search.arch
-        self.arch: ArchParam = build_arch(cfg.search.param, init=a.init, shared_offset=a.shared_offset).to(device)
+        self.arch: ArchParam = build_arch(a.name, init=a.init, shared_offset=a.shared_offset).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.w_params = list(self.net.parameters())
-        self.a_params = list(self.arch.parameters())
+        self.weight_params = list(self.net.parameters())
+        self.arch_params = list(self.arch.parameters())
         self.skip_nonfinite = cfg.runtime.nonfinite == "skip"
-        self.w_opt = torch.optim.SGD(self.w_params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
-        self.a_opt = torch.optim.Adam(self.arch.parameters(), lr=a.lr, betas=(a.beta1, a.beta2),
-                                      weight_decay=a.weight_decay)
+        self.weight_opt = torch.optim.SGD(self.weight_params, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
+        self.arch_opt = torch.optim.Adam(self.arch_params, lr=a.lr, betas=(a.beta1, a.beta2), weight_decay=a.weight_decay)
         # under torchrun: gradients of both averaged over the processes; P is then the same on all
         self.train_net = data_parallel(self.net, device)
         self.train_arch = data_parallel(self.arch, device)
@@ -84,11 +74,11 @@ class SearchTask:
             return net(x, probs)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor, probs: CellProbs, meter: Meter) -> None:
-        """Update w on a training batch; P is detached, so no gradient reaches the embedding."""
+        """Update w on a training batch; P is detached, so no gradient reaches the parameterisation."""
         self.net.train()
         logits = self._forward(self.train_net, x, probs.detach())
         loss = F.cross_entropy(logits.float(), y)
-        if sgd_step(loss, self.w_opt, self.w_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
@@ -97,24 +87,23 @@ class SearchTask:
         with frozen(self.net):
             logits = self._forward(self.net, x, self.train_arch())
             loss = F.cross_entropy(logits.float(), y)
-            if sgd_step(loss, self.a_opt, self.a_params, 0.0, self.skip_nonfinite):
+            if sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
         s = self.cfg.search
         self.lr = cosine_lr(s.weights.lr, s.weights.lr_min, epoch, s.epochs)
-        set_lr(self.w_opt, self.lr)
+        set_lr(self.weight_opt, self.lr)
         self.train_loader.set_epoch(epoch)
         self.val_loader.set_epoch(epoch)
         if s.alternation == "epoch":
-            # P is computed once; the embedding does not change during the weight phase, so a
+            # P is computed once; the parameterisation does not change during the weight phase, so a
             # resumed epoch recomputes the same P.
             with torch.no_grad():
                 probs = self.arch().detach()
             return [
-                Phase("weights", self.train_loader, len(self.train_loader),
-                      lambda b, m: self.weight_step(*b, probs, m["train"])),
-                Phase("embedding", self.val_loader, len(self.val_loader), lambda b, m: self.arch_step(*b, m["val"])),
+                Phase("weights", self.train_loader, lambda b, m: self.weight_step(*b, probs, m["train"])),
+                Phase("arch", self.val_loader, lambda b, m: self.arch_step(*b, m["val"])),
             ]
 
         def alternate(batch, meters: dict[str, Meter]) -> None:
@@ -124,8 +113,7 @@ class SearchTask:
                 probs = self.arch().detach()
             self.weight_step(xt, yt, probs, meters["train"])
 
-        n = min(len(self.train_loader), len(self.val_loader))
-        return [Phase("alternating", zip(self.train_loader, self.val_loader, strict=False), n, alternate)]
+        return [Phase("alternating", Zipped(self.train_loader, self.val_loader), alternate)]
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         self.p_history.append(self.probs())
@@ -137,16 +125,16 @@ class SearchTask:
         return {
             "net": self.net.state_dict(),
             "arch": self.arch.state_dict(),
-            "w_opt": self.w_opt.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict(),
             "p_history": [[p.normal, p.reduce] for p in self.p_history],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.arch.load_state_dict(state["arch"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
         self.p_history = [CellProbs(n, r) for n, r in state["p_history"]]
 
     def genotype(self) -> Genotype:
@@ -154,59 +142,47 @@ class SearchTask:
         return derive(p.normal, p.reduce)
 
 
-def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: bool = False,
-               log=print) -> dict:
-    """Validate, read data, search, derive, write the run directory. Returns the summary."""
-    validate_search(cfg)
-    RunDir.check(out, force, resume)
-    if resume:
-        check_resume(out, to_dict(cfg), ("search.epochs", "runtime"))
-    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
-    d = cfg.data
-    data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
-    task = SearchTask(cfg, data, device)
-    run = RunDir.open(out, force, resume)
-    main, procs = is_main(), world()[1]
-    log = main_log(log)
-    if main:
-        run.write_text("config.yaml", to_yaml(cfg))
-    params, arch_params = count_params(task.net), count_params(task.arch)
-    log(f"nge search: {describe(data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
-        f"supernet {params:,} params, {cfg.search.param} {arch_params:,} params; "
-        f"device {device}{process_note(d.batch_size)}; -> {run.path}")
-    metrics = fit(task, cfg.search.epochs, run, resume=resume, log=log, extra={"config": to_dict(cfg)},
-                  show_progress=cfg.runtime.progress, resume_hint=f"nge search --resume --out {run.path} ...")
-    genotype = task.genotype()
-    if not main:
-        return {"genotype": genotype.to_dict(), "epochs": len(metrics)}
-    run.write_text("genotype.json", genotype.to_json() + "\n")
-    run.write_jsonl("probs.jsonl", [
-        {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
-    ])
-    viz.plot_cell(genotype.normal, "normal cell", run.file("normal.png"))
-    viz.plot_cell(genotype.reduce, "reduction cell", run.file("reduce.png"))
-    viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"))
-    viz.plot_curves(metrics, run.file("curves.png"))
-    viz.plot_telemetry([probs_telemetry(*p) for p in task.p_history], run.file("telemetry.png"))
-    last = metrics[-1] if metrics else {}
-    summary = {
-        "preset": cfg.preset,
-        "param": cfg.search.param,
-        "params": params,
-        "arch_params": arch_params,
-        "genotype": genotype.to_dict(),
-        "op_counts": {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)},
-        "telemetry": probs_telemetry(*task.p_history[-1]),
-        "epochs": len(metrics),
-        "final_val_acc": last.get("val_acc"),
-        "final_train_acc": last.get("train_acc"),
-        "wall_seconds": round(sum(r["seconds"] for r in metrics), 2),
-        "device": str(device),
-        "processes": procs,
-        "global_batch": procs * d.batch_size,
-    }
-    run.write_json("summary.json", summary)
-    counts = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in summary["op_counts"][c].items())
-                       for c in ("normal", "reduce"))
-    log(f"genotype written to {run.file('genotype.json')} ({counts}); final val acc {summary['final_val_acc']}")
-    return summary
+class SearchJob(Job):
+    command, epochs_key = "search", "search.epochs"
+    cfg: SearchRunConfig
+
+    def build(self, device: torch.device) -> SearchTask:
+        d = self.cfg.data
+        self.data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
+        return SearchTask(self.cfg, self.data, device)
+
+    def start(self, task: SearchTask, run: RunDir) -> str:
+        return (f"{describe(self.data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
+                f"supernet {count_params(task.net):,} params, {self.cfg.search.arch.name} {count_params(task.arch):,} params")
+
+    def finish(self, task: SearchTask, metrics: list[dict], run: RunDir, log) -> dict:
+        genotype = task.genotype()
+        run.write_text("genotype.json", genotype.to_json() + "\n")
+        run.write_jsonl("probs.jsonl", [
+            {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
+        ])
+        viz.plot_cell(genotype.normal, "normal cell", run.file("normal.png"))
+        viz.plot_cell(genotype.reduce, "reduction cell", run.file("reduce.png"))
+        viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"))
+        viz.plot_curves(metrics, run.file("curves.png"))
+        viz.plot_telemetry([probs_telemetry(*p) for p in task.p_history], run.file("telemetry.png"))
+        last = metrics[-1] if metrics else {}
+        counts = {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)}
+        line = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in counts[c].items()) for c in counts)
+        log(f"genotype written to {run.file('genotype.json')} ({line}); final val acc {last.get('val_acc')}")
+        return {
+            "arch": str(self.cfg.search.arch.name),
+            "params": count_params(task.net),
+            "arch_params": count_params(task.arch),
+            "genotype": genotype.to_dict(),
+            "op_counts": counts,
+            "telemetry": probs_telemetry(*task.p_history[-1]),
+            "final_val_acc": last.get("val_acc"),
+            "final_train_acc": last.get("train_acc"),
+        }
+
+
+def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: bool = False, log=print) -> dict | None:
+    """Search, derive, write the run directory. Returns the summary (None in all but the first
+    process under torchrun)."""
+    return run_job(SearchJob(cfg), out, force, resume, log)

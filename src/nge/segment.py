@@ -1,4 +1,4 @@
-"""Semantic segmentation (SPEC section 4): DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012,
+"""Semantic segmentation (docs/paper.md section 4): DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012,
 as an EpochTask for the shared engine.
 
 Each epoch: one pass over the training split (random scale, crop, flip in the DataLoader workers;
@@ -16,33 +16,29 @@ import torch
 import torch.nn.functional as F
 
 from nge import viz
-from nge.config import EvalNetConfig, SegmentRunConfig, to_dict, to_yaml, validate_segment
+from nge.config import EvalNetConfig, SegmentRunConfig, to_dict
 from nge.deeplab import DeepLabV3, backbone_state, confusion_matrix, iou_per_class, mean_iou
 from nge.engine import (
     Meter,
     Phase,
     RunDir,
     autocast,
-    check_resume,
-    count_params,
-    fit,
     load_checkpoint,
     poly_lr,
     progress,
     save_checkpoint,
     set_lr,
-    setup_runtime,
     sgd_step,
     single_process,
     to_device,
 )
+from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.evalnet import NetworkImageNet
-from nge.imagedata import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, colorize, voc_loader
+from nge.genotypes import resolve_genotype
+from nge.imagedata import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOC_NUM_CLASSES, colorize, voc_loader
+from nge.profile import count_params
 from nge.space import Genotype
-
-NUM_CLASSES = len(VOC_CLASSES)
-IGNORE = 255
 
 
 def load_backbone(path: Path) -> tuple[NetworkImageNet, Genotype]:
@@ -74,7 +70,7 @@ def load_backbone(path: Path) -> tuple[NetworkImageNet, Genotype]:
 
 def build_segmenter(cfg: SegmentRunConfig, backbone: NetworkImageNet) -> DeepLabV3:
     m = cfg.model
-    return DeepLabV3(backbone, NUM_CLASSES, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
+    return DeepLabV3(backbone, VOC_NUM_CLASSES, output_stride=m.output_stride, aspp_channels=m.aspp_channels,
                      rates=tuple(m.rates))
 
 
@@ -111,15 +107,15 @@ class SegmentTask:
         x, y = self.to_device(x), y.to(self.device, non_blocking=True)
         with autocast(self.device, self.cfg.runtime.amp):
             logits = self.net(x)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
         if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
-            keep = y != IGNORE  # pixel accuracy over labelled pixels
+            keep = y != IGNORE_INDEX  # pixel accuracy over labelled pixels
             meter.add(loss, ((logits.detach().argmax(1) == y) & keep).sum(), keep.sum())
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
         self.lr = self.poly_lr()
         self.train_loader.set_epoch(epoch)
-        return [Phase("train", self.train_loader, len(self.train_loader), lambda b, m: self.train_step(*b, m["train"]))]
+        return [Phase("train", self.train_loader, lambda b, m: self.train_step(*b, m["train"]))]
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         row = {**meters["train"].result("train"), "lr": self.lr}
@@ -136,9 +132,9 @@ class SegmentTask:
 
     def validate(self) -> dict[str, float]:
         """mIoU and pixel accuracy on val (single scale, no flip); per-class IoU kept in `self.ious`."""
-        conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64, device=self.device)
+        conf = torch.zeros(VOC_NUM_CLASSES, VOC_NUM_CLASSES, dtype=torch.int64, device=self.device)
         for x, y in progress(self.val_loader, len(self.val_loader), "val", self.cfg.runtime.progress):
-            conf += confusion_matrix(self.predict(x), y.to(self.device), NUM_CLASSES, IGNORE)
+            conf += confusion_matrix(self.predict(x), y.to(self.device), VOC_NUM_CLASSES, IGNORE_INDEX)
         conf = conf.cpu()
         self.ious = iou_per_class(conf)
         return {"val_miou": mean_iou(conf), "val_acc": float(conf.diag().sum() / conf.sum().clamp(min=1))}
@@ -162,8 +158,8 @@ def iou_table(ious: torch.Tensor) -> str:
 
 def _labelled_extent(mask: np.ndarray) -> tuple[int, int]:
     """Height and width up to the last labelled row and column (cuts the val padding away)."""
-    rows = np.flatnonzero(np.any(mask != IGNORE, axis=1))
-    cols = np.flatnonzero(np.any(mask != IGNORE, axis=0))
+    rows = np.flatnonzero(np.any(mask != IGNORE_INDEX, axis=1))
+    cols = np.flatnonzero(np.any(mask != IGNORE_INDEX, axis=0))
     return (int(rows[-1]) + 1 if rows.size else mask.shape[0]), (int(cols[-1]) + 1 if cols.size else mask.shape[1])
 
 
@@ -188,8 +184,6 @@ def plot_predictions(task: SegmentTask, path: Path, count: int = 4) -> None:
 
 def resolve_backbone(cfg: SegmentRunConfig, backbone: str | None, genotype_spec: str | None) -> tuple[NetworkImageNet, str]:
     """From a checkpoint (its genotype and size win), or a fresh network of `genotype_spec`."""
-    from nge.train import resolve_genotype
-
     if backbone:
         net, genotype = load_backbone(Path(backbone))
         if genotype_spec and resolve_genotype(genotype_spec) != genotype:
@@ -203,45 +197,52 @@ def resolve_backbone(cfg: SegmentRunConfig, backbone: str | None, genotype_spec:
     return net, f"genotype {genotype_spec}, randomly initialised backbone"
 
 
+class SegmentJob(Job):
+    command, epochs_key = "segment", "train.epochs"
+    cfg: SegmentRunConfig
+
+    def __init__(self, cfg: SegmentRunConfig, backbone: str | None, genotype_spec: str | None):
+        super().__init__(cfg)
+        self.backbone, self.genotype_spec = backbone, genotype_spec
+
+    def prepare(self, out: Path, resume: bool) -> None:
+        single_process("nge segment")
+
+    def build(self, device: torch.device) -> SegmentTask:
+        # after seeding: a fresh backbone follows runtime.seed
+        net, self.origin = resolve_backbone(self.cfg, self.backbone, self.genotype_spec)
+        return SegmentTask(self.cfg, build_segmenter(self.cfg, net), device)
+
+    def start(self, task: SegmentTask, run: RunDir) -> str:
+        d = self.cfg.data
+        return (f"VOC {d.root}: {len(task.train_loader.indices)} train / {len(task.val_loader.indices)} val images, "
+                f"crop {d.crop}; DeepLabv3 {count_params(task.net):,} params, {self.origin}, "
+                f"output stride {self.cfg.model.output_stride}")
+
+    def meta(self, task: SegmentTask) -> dict:
+        return {"backbone": self.backbone}
+
+    def finish(self, task: SegmentTask, metrics: list[dict], run: RunDir, log) -> dict:
+        if task.ious is None:  # resumed after the last epoch's validation was checkpointed
+            task.validate()
+        save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, "config": to_dict(self.cfg),
+                         **self.meta(task)}, run.file("model.pt"))
+        run.write_text("iou.md", iou_table(task.ious))
+        plot_predictions(task, run.file("predictions.png"))
+        viz.plot_curves(metrics, run.file("curves.png"))
+        last = metrics[-1]
+        log(f"final val mIoU {last['val_miou']:.4f}; per-class IoU in {run.file('iou.md')}")
+        return {
+            "backbone": self.origin,
+            "params": count_params(task.net),
+            "final_val_miou": last["val_miou"],
+            "final_val_acc": last["val_acc"],
+            "iou": {name: (None if np.isnan(v) else v) for name, v in zip(VOC_CLASSES, task.ious.tolist(), strict=True)},
+        }
+
+
 def run_segment(cfg: SegmentRunConfig, out: Path, backbone: str | None = None, genotype: str | None = None,
-                force: bool = False, resume: bool = False, log=print) -> dict:
-    """Validate, build, read data, train, write the run directory. Returns the summary."""
-    single_process("nge segment")
-    validate_segment(cfg)
-    RunDir.check(out, force, resume)
-    if resume:
-        check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
-    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
-    net, origin = resolve_backbone(cfg, backbone, genotype)  # after seeding: a fresh backbone follows runtime.seed
-    model = build_segmenter(cfg, net)
-    task = SegmentTask(cfg, model, device)
-    run = RunDir.create(out, force, resume)
-    run.write_text("config.yaml", to_yaml(cfg))
-    params = count_params(model)
-    log(f"nge segment: VOC {cfg.data.root}: {len(task.train_loader.indices)} train / {len(task.val_loader.indices)} val "
-        f"images, crop {cfg.data.crop}; DeepLabv3 {params:,} params, {origin}, output stride {cfg.model.output_stride}; "
-        f"device {device}; -> {run.path}")
-    meta = {"config": to_dict(cfg), "backbone": backbone}
-    metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
-                  resume_hint=f"nge segment --resume --out {run.path} ...")
-    if task.ious is None:  # resumed after the last epoch's validation was checkpointed
-        task.validate()
-    save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, **meta}, run.file("model.pt"))
-    run.write_text("iou.md", iou_table(task.ious))
-    plot_predictions(task, run.file("predictions.png"))
-    viz.plot_curves(metrics, run.file("curves.png"))
-    last = metrics[-1]
-    summary = {
-        "preset": cfg.preset,
-        "backbone": origin,
-        "params": params,
-        "epochs": len(metrics),
-        "final_val_miou": last["val_miou"],
-        "final_val_acc": last["val_acc"],
-        "iou": {name: (None if np.isnan(v) else v) for name, v in zip(VOC_CLASSES, task.ious.tolist(), strict=True)},
-        "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),
-        "device": str(device),
-    }
-    run.write_json("summary.json", summary)
-    log(f"final val mIoU {summary['final_val_miou']:.4f}; per-class IoU in {run.file('iou.md')}")
-    return summary
+                force: bool = False, resume: bool = False, log=print) -> dict | None:
+    """DeepLabv3 on VOC with the backbone of `backbone` (an nge train ImageNet model.pt) or a fresh
+    one of `genotype`; writes the run directory and returns the summary."""
+    return run_job(SegmentJob(cfg, backbone, genotype), out, force, resume, log)

@@ -1,7 +1,7 @@
-"""Search space: candidate operations, cell topology and genotypes (SPEC section 1).
+"""Search space: cell topology, P's container and genotypes (docs/paper.md section 1).
 
-This module is the only place that knows the edge order of a cell. It is plain data and
-imports nothing from torch.
+This module is the only place that knows the edge order of a cell. The candidate operations are
+the keys of `ops.OPS`, in the paper's order (`PRIMITIVES`); genotypes are plain data.
 """
 
 from __future__ import annotations
@@ -11,19 +11,13 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from nge.errors import NGEError
+from nge.ops import PRIMITIVES
 
-# The O = 7 candidate operations, in the order of the paper (no 'none' op).
-PRIMITIVES: tuple[str, ...] = (
-    "skip_connect",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+if TYPE_CHECKING:
+    import torch
 
 NUM_INPUTS = 2  # outputs of the two previous cells
 NUM_NODES = 4  # intermediate nodes per cell
@@ -79,6 +73,17 @@ class Topology:
 DEFAULT_TOPOLOGY = Topology()
 
 CellGenotype = tuple[tuple[str, int], ...]
+
+
+class CellProbs(NamedTuple):
+    """P, the operation probabilities of both cell types: (n_edges, n_ops) tensors whose rows sum
+    to 1, rows in `Topology.edges` order, columns in `PRIMITIVES` order."""
+
+    normal: torch.Tensor
+    reduce: torch.Tensor
+
+    def detach(self) -> CellProbs:
+        return CellProbs(self.normal.detach(), self.reduce.detach())
 
 
 @dataclass(frozen=True)

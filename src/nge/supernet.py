@@ -1,4 +1,4 @@
-"""The search network (SPEC section 3): a DARTS-layout stack of mixed cells driven by P.
+"""The search network (docs/paper.md section 3): a DARTS-layout stack of mixed cells driven by P.
 
 The supernet takes P as an input to `forward`; it has no architecture parameters of its own
 and does not know where P came from.
@@ -22,16 +22,17 @@ and memory:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from nge.arch import CellProbs
 from nge.ops import OPS, DilConv, FactorizedReduce, Preprocess, SepConv, depthwise_conv, reduction_indices
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Topology
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Topology
 
 CHECKPOINT_MODES = ("none", "early", "edge", "cell")
 
@@ -104,8 +105,9 @@ class MixedOp(nn.Module):
             elif isinstance(op, FactorizedReduce):
                 shifted = F.pad(r, (0, 1, 0, 1))[:, :, 1:, 1:]
                 y = _batch_norm(op.bn, torch.cat([op.conv_1(r), op.conv_2(shifted)], dim=1), scale, update_stats)
-            else:
-                raise TypeError(f"MixedOp has no fused form for {type(op).__name__}")
+            else:  # an op without a fused form: p * op(x)
+                with contextlib.nullcontext() if update_stats else _running_stats_kept(op):
+                    y = op(x) * scale.view(1, -1, 1, 1)
             out = y if out is None else out.add_(y)
         for k in identity:  # skip and the pooling ops: a p-weighted add
             y = pooled.get(k, x)
@@ -113,6 +115,20 @@ class MixedOp(nn.Module):
         if out is None:
             raise ValueError("MixedOp needs at least one op")
         return out
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """BN running statistics of `module` as they were before the block (a recomputation)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    try:
+        yield
+    finally:
+        for m, (mean, var, n) in zip(bns, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
 
 
 def _recomputed(fn: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
@@ -296,3 +312,9 @@ def _plain(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x = _plain(layer, x)
         return x
     return op(x)
+
+
+def build_supernet(model: Any, in_channels: int, num_classes: int) -> SuperNet:
+    """The supernet of a search config's `model` section."""
+    return SuperNet(C=model.C, num_classes=num_classes, layers=model.layers, in_channels=in_channels,
+                    stem_multiplier=model.stem_multiplier, checkpoint=model.checkpoint)

@@ -1,4 +1,4 @@
-"""Training a genotype from scratch (SPEC section 4, CIFAR part) as an EpochTask for the engine.
+"""Training a genotype from scratch (docs/paper.md section 4, CIFAR part) as an EpochTask for the engine.
 
 Each epoch: cosine learning rate, drop-path probability ramped linearly (DARTS), one pass over the
 training set (cross entropy + auxiliary weight * auxiliary cross entropy), then test loss and
@@ -16,66 +16,29 @@ import torch
 import torch.nn.functional as F
 
 from nge import viz
-from nge.config import TrainRunConfig, to_dict, to_yaml, validate_train
-from nge.data import Augment, BatchLoader, Dataset, describe, input_shape, load_dataset
+from nge.config import TrainRunConfig, to_dict
+from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset
 from nge.engine import (
     Meter,
     Phase,
     RunDir,
     autocast,
-    check_resume,
     cosine_lr,
     data_parallel,
     evaluate,
-    fit,
-    is_main,
     linear_lr,
-    main_log,
-    process_note,
     save_checkpoint,
     set_lr,
-    setup_runtime,
     sgd_step,
     to_device,
     world,
 )
+from nge.engine.job import Job, run_job
 from nge.errors import NGEError
-from nge.evalnet import NetworkCIFAR, NetworkImageNet, count_params_without_aux
-from nge.genotypes import BUILTIN_GENOTYPES
-from nge.profile import count_mult_adds
-from nge.space import Genotype, random_genotype
-
-
-def resolve_genotype(spec: str) -> Genotype:
-    """A built-in name, `random:SEED` (a uniform draw from the search space), a genotype.json file,
-    or a search run directory holding one."""
-    if spec in BUILTIN_GENOTYPES:
-        return BUILTIN_GENOTYPES[spec]
-    if spec.startswith("random:"):
-        seed = spec[len("random:"):]
-        if not seed.isdigit():
-            raise NGEError(f"genotype '{spec}': random:SEED needs a non-negative integer seed, e.g. random:0")
-        return random_genotype(int(seed))
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "genotype.json"
-        if not path.is_file():
-            raise NGEError(f"{spec} is a directory without a genotype.json (is it a search run directory?)")
-    if path.is_file():
-        return Genotype.load(path)
-    raise NGEError(f"genotype '{spec}' is not a file, a search run directory, random:SEED or a built-in name "
-                   f"({', '.join(BUILTIN_GENOTYPES)})")
-
-
-def build_network(cfg: TrainRunConfig, genotype: Genotype, in_channels: int, num_classes: int) -> NetworkCIFAR | NetworkImageNet:
-    """The DARTS ImageNet network for data.name=imagenet, the CIFAR network otherwise."""
-    m = cfg.model
-    if cfg.data.name == "imagenet":
-        if in_channels != 3:
-            raise NGEError(f"the ImageNet network takes RGB images, not {in_channels} channels")
-        return NetworkImageNet(genotype, C=m.C, num_classes=num_classes, layers=m.layers, auxiliary=m.auxiliary)
-    return NetworkCIFAR(genotype, C=m.C, num_classes=num_classes, layers=m.layers, auxiliary=m.auxiliary,
-                        in_channels=in_channels, stem_multiplier=m.stem_multiplier)
+from nge.evalnet import build_network
+from nge.genotypes import resolve_genotype
+from nge.profile import check_mult_adds, profile_eval_preset, profile_network
+from nge.space import Genotype
 
 
 @dataclass
@@ -139,7 +102,8 @@ class TrainTask:
             data = tensor_data(cfg, data, device)
         self.cfg = cfg
         self.device = device
-        self.net = build_network(cfg, genotype, data.in_channels, data.num_classes).to(device)
+        self.net = build_network(cfg.model, genotype, data.in_channels, data.num_classes,
+                                 imagenet=cfg.data.name == "imagenet").to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.train_net = data_parallel(self.net, device)  # under torchrun: gradients averaged over processes
@@ -184,7 +148,7 @@ class TrainTask:
         self.drop = self.cfg.model.drop_path * epoch / t.epochs
         self.net.set_drop_path(self.drop)
         self.train_loader.set_epoch(epoch)
-        return [Phase("train", self.train_loader, len(self.train_loader), lambda b, m: self.train_step(*b, m["train"]))]
+        return [Phase("train", self.train_loader, lambda b, m: self.train_step(*b, m["train"]))]
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         return {**meters["train"].result("train"), **self.test(), "lr": self.lr, "drop_path": self.drop}
@@ -209,77 +173,59 @@ class TrainTask:
         self.steps = int(state.get("steps", 0))
 
 
-def profile_network(net: torch.nn.Module, in_channels: int, size: int) -> dict[str, int]:
-    x = torch.zeros(1, in_channels, size, size, device=next(net.parameters()).device)
-    return {"params": count_params_without_aux(net), "mult_adds": count_mult_adds(net, lambda: net(x))}
+class TrainJob(Job):
+    command, epochs_key = "train", "train.epochs"
+    cfg: TrainRunConfig
 
+    def __init__(self, cfg: TrainRunConfig, genotype_spec: str):
+        super().__init__(cfg)
+        self.genotype_spec = genotype_spec
 
-def profile_preset(cfg: TrainRunConfig, genotype: Genotype) -> dict[str, Any]:
-    """Params and multiply-adds of the preset's network for one image, built without reading data."""
-    channels, size, classes = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
-    if cfg.data.name == "imagenet":
-        size = cfg.data.image_size
-    net = build_network(cfg, genotype, channels, classes)
-    return {"input": [channels, size, size], "num_classes": classes, **profile_network(net, channels, size)}
+    def prepare(self, out: Path, resume: bool) -> None:
+        self.genotype = resolve_genotype(self.genotype_spec)
+        saved = Path(out) / "genotype.json"
+        if resume and saved.is_file() and Genotype.load(saved) != self.genotype:
+            raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
+        if self.cfg.model.mult_adds_limit is not None:
+            check_mult_adds(self.cfg, profile_eval_preset(self.cfg, self.genotype)["mult_adds"], self.genotype_spec)
 
+    def build(self, device: torch.device) -> TrainTask:
+        self.data = load_train_data(self.cfg, device)
+        return TrainTask(self.cfg, self.genotype, self.data, device)
 
-def check_mult_adds(cfg: TrainRunConfig, mult_adds: int, genotype_spec: str) -> None:
-    limit = cfg.model.mult_adds_limit
-    if limit is not None and mult_adds > limit:
-        raise NGEError(f"genotype {genotype_spec} gives {mult_adds:,} multiply-adds per image under preset {cfg.preset}, "
-                       f"over its limit of {limit:,} (the mobile setting); lift it with model.mult_adds_limit=null "
-                       "or make the network smaller (model.C, model.layers)")
+    def start(self, task: TrainTask, run: RunDir) -> str:
+        run.write_text("genotype.json", self.genotype.to_json() + "\n")
+        self.profile = profile_network(task.net, self.data.in_channels, self.data.image_size)
+        return (f"{self.data.description}; training on {self.data.n_train} images; "
+                f"{self.profile['params']:,} params (without aux), {self.profile['mult_adds']:,} mult-adds/image")
+
+    def meta(self, task: TrainTask) -> dict:
+        return {"genotype": self.genotype.to_dict(), "in_channels": self.data.in_channels,
+                "num_classes": self.data.num_classes}
+
+    def finish(self, task: TrainTask, metrics: list[dict], run: RunDir, log) -> dict:
+        save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, "config": to_dict(self.cfg),
+                         **self.meta(task)}, run.file("model.pt"))
+        viz.plot_curves(metrics, run.file("curves.png"))
+        last = metrics[-1]
+        summary = {
+            "genotype": self.genotype.to_dict(),
+            **self.profile,
+            "final_test_acc": last.get("test_acc"),
+            **({"final_test_top5": last["test_top5"]} if "test_top5" in last else {}),
+            "best_test_acc": max(m["test_acc"] for m in metrics),
+            "final_train_acc": last.get("train_acc"),
+        }
+        log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
+            f"weights in {run.file('model.pt')}")
+        return summary
+
+    def resume_hint(self, run: RunDir) -> str:
+        return f"nge train --genotype {self.genotype_spec} --resume --out {run.path} ..."
 
 
 def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = False, resume: bool = False,
-              log=print) -> dict:
-    """Validate, read data, train, write the run directory. Returns the summary."""
-    validate_train(cfg)
-    genotype = resolve_genotype(genotype_spec)
-    RunDir.check(out, force, resume)
-    if resume:
-        check_resume(out, to_dict(cfg), ("train.epochs", "runtime"))
-        saved = Genotype.load(Path(out) / "genotype.json")
-        if saved != genotype:
-            raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
-    if cfg.model.mult_adds_limit is not None:
-        check_mult_adds(cfg, profile_preset(cfg, genotype)["mult_adds"], genotype_spec)
-    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
-    data = load_train_data(cfg, device)
-    task = TrainTask(cfg, genotype, data, device)
-    run = RunDir.open(out, force, resume)
-    main, procs = is_main(), world()[1]
-    log = main_log(log)
-    if main:
-        run.write_text("config.yaml", to_yaml(cfg))
-        run.write_text("genotype.json", genotype.to_json() + "\n")
-    prof = profile_network(task.net, data.in_channels, data.image_size)
-    log(f"nge train: {data.description}; training on {data.n_train} images; "
-        f"{prof['params']:,} params (without aux), {prof['mult_adds']:,} mult-adds/image; "
-        f"device {device}{process_note(cfg.data.batch_size)}; -> {run.path}")
-    meta = {"config": to_dict(cfg), "genotype": genotype.to_dict(), "in_channels": data.in_channels,
-            "num_classes": data.num_classes}
-    metrics = fit(task, cfg.train.epochs, run, resume=resume, log=log, extra=meta, show_progress=cfg.runtime.progress,
-                  resume_hint=f"nge train --genotype {genotype_spec} --resume --out {run.path} ...")
-    if not main:
-        return {"epochs": len(metrics), "final_test_acc": metrics[-1].get("test_acc")}
-    save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, **meta}, run.file("model.pt"))
-    viz.plot_curves(metrics, run.file("curves.png"))
-    summary = {
-        "preset": cfg.preset,
-        "genotype": genotype.to_dict(),
-        **prof,
-        "epochs": len(metrics),
-        "final_test_acc": metrics[-1].get("test_acc"),
-        **({"final_test_top5": metrics[-1]["test_top5"]} if "test_top5" in metrics[-1] else {}),
-        "best_test_acc": max(m["test_acc"] for m in metrics),
-        "final_train_acc": metrics[-1].get("train_acc"),
-        "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),
-        "device": str(device),
-        "processes": procs,
-        "global_batch": procs * cfg.data.batch_size,
-    }
-    run.write_json("summary.json", summary)
-    log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
-        f"weights in {run.file('model.pt')}")
-    return summary
+              log=print) -> dict | None:
+    """Train `genotype_spec` (see `resolve_genotype`) from scratch and write the run directory.
+    Returns the summary (None in all but the first process under torchrun)."""
+    return run_job(TrainJob(cfg, genotype_spec), out, force, resume, log)

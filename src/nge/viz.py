@@ -13,15 +13,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Topology  # noqa: E402
 
-_OP_COLOURS = {
-    "skip_connect": "#7f7f7f",
-    "max_pool_3x3": "#1f77b4",
-    "avg_pool_3x3": "#17becf",
-    "sep_conv_3x3": "#d62728",
-    "sep_conv_5x5": "#ff7f0e",
-    "dil_conv_3x3": "#2ca02c",
-    "dil_conv_5x5": "#9467bd",
-}
+
+def _op_colour(op: str) -> str:
+    """A colour per candidate op, by its position in `PRIMITIVES` (black for an unknown name)."""
+    return matplotlib.colormaps["tab10"](PRIMITIVES.index(op) % 10) if op in PRIMITIVES else "black"
 
 
 def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = DEFAULT_TOPOLOGY) -> None:
@@ -41,11 +36,11 @@ def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = D
         (x0, y0), (x1, y1) = pos[src], pos[dst]
         rad = 0.2 if (e % 2) else -0.2
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
-            arrowstyle="-|>", color=_OP_COLOURS.get(op, "black"), lw=1.6, shrinkA=16, shrinkB=16,
+            arrowstyle="-|>", color=_op_colour(op), lw=1.6, shrinkA=16, shrinkB=16,
             connectionstyle=f"arc3,rad={rad}"))
         # midpoint of matplotlib's arc3 quadratic Bezier (equal aspect keeps data = display geometry)
         mx, my = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0)
-        ax.text(mx, my, op, fontsize=8, ha="center", va="center", color=_OP_COLOURS.get(op, "black"),
+        ax.text(mx, my, op, fontsize=8, ha="center", va="center", color=_op_colour(op),
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     for k in range(n):
         (x0, y0), (x1, y1) = pos[n_in + k], pos[out]

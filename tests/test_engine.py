@@ -1,0 +1,166 @@
+"""The engine on its own: run directories, atomic writes, checkpoints, the resume rules, meters,
+schedules, and `fit`'s contracts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from nge.config import RESUME_MAY_CHANGE, SearchRunConfig, load_config, to_dict
+from nge.engine import (
+    Meter,
+    RunDir,
+    atomic_write_text,
+    check_resume,
+    check_resume_config,
+    cosine_lr,
+    fit,
+    linear_lr,
+    load_checkpoint,
+    poly_lr,
+    save_checkpoint,
+)
+from nge.errors import NGEError
+from nge.search import run_search
+
+# ---------------------------------------------------------------------------- run directory and files
+
+
+def test_run_directory_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    for resume in (False, True):
+        with pytest.raises(NGEError, match="--resume|cannot resume"):
+            RunDir.check(out, force=False, resume=resume)
+    assert (out / "keep").exists()
+    assert os.listdir(out) == ["keep"]
+
+
+def test_force_replaces_a_run_directory_and_open_creates_it(tmp_path):
+    out = tmp_path / "a" / "b"
+    run = RunDir.open(out, force=False, resume=False)
+    assert run.path == out and out.is_dir()
+    run.write_json("summary.json", {"x": torch.tensor([1.5])})
+    assert json.loads(run.file("summary.json").read_text()) == {"x": [1.5]}
+    RunDir.open(out, force=True, resume=False)
+    assert list(out.iterdir()) == []
+    with pytest.raises(NGEError, match="exclude each other"):
+        RunDir.open(out, force=True, resume=True)
+
+
+def test_resume_needs_the_file_it_resumes_from(tmp_path):
+    (tmp_path / "plan.yaml").write_text("x")
+    RunDir.check(tmp_path, force=False, resume=True, resumes_from="plan.yaml")
+    with pytest.raises(NGEError, match="no checkpoint.pt"):
+        RunDir.check(tmp_path, force=False, resume=True)
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    state = {"epoch": 2, "task": {"w": torch.arange(3.0)}, "config": {"a": 1}}
+    save_checkpoint(state, path)
+    back = load_checkpoint(path)
+    assert back["epoch"] == 2 and torch.equal(back["task"]["w"], torch.arange(3.0))
+    torch.save({"no": "epoch"}, path)
+    with pytest.raises(NGEError, match="missing epoch/task"):
+        load_checkpoint(path)
+    with pytest.raises(NGEError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+# ---------------------------------------------------------------------------- resume rules
+
+
+def test_only_settings_that_cannot_change_results_may_differ_on_resume():
+    saved = to_dict(load_config(SearchRunConfig, "search", "smoke", []))
+    may = ("search.epochs", *RESUME_MAY_CHANGE)
+    for harmless in ("runtime.threads=1", "runtime.progress=false", "runtime.device=cpu", "search.epochs=9"):
+        check_resume_config(saved, to_dict(load_config(SearchRunConfig, "search", "smoke", [harmless])), may)
+    for changing in ("runtime.seed=1", "runtime.amp=true", "runtime.channels_last=true", "runtime.nonfinite=skip",
+                     "data.train_portion=0.4", "search.arch.lr=0.1"):
+        current = to_dict(load_config(SearchRunConfig, "search", "smoke", [changing]))
+        with pytest.raises(NGEError, match=changing.split("=")[0].replace(".", r"\.")):
+            check_resume_config(saved, current, may)
+
+
+def test_resume_with_another_seed_is_refused_before_any_work(tmp_path):
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["runtime.progress=false", "search.epochs=1"])
+    run_search(cfg, tmp_path / "run", log=lambda m: None)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    changed = load_config(SearchRunConfig, "search", "smoke", ["runtime.progress=false", "search.epochs=2",
+                                                               "runtime.seed=1"])
+    with pytest.raises(NGEError, match=r"runtime\.seed"):
+        run_search(changed, tmp_path / "run", resume=True, log=lambda m: None)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_checkpoint_without_a_config_cannot_be_resumed_through_the_cli(tmp_path, train_task):
+    run = RunDir.open(tmp_path / "run", False, False)
+    fit(train_task("train.epochs=1"), 1, run)
+    with pytest.raises(NGEError, match="records no configuration"):
+        check_resume(run.path, {}, ())
+
+
+# ---------------------------------------------------------------------------- meters and schedules
+
+
+def test_meter_sums_and_round_trips():
+    m = Meter(top5=True)
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.5]])
+    y = torch.tensor([0, 1, 0, 2])
+    m.update(torch.tensor(0.5), logits, y)
+    m.update(torch.tensor(1.5), logits[:2], y[:2])
+    r = m.result("val")
+    assert r["val_loss"] == pytest.approx((0.5 * 4 + 1.5 * 2) / 6)
+    assert r["val_acc"] == pytest.approx(4 / 6) and r["val_top5"] == 1.0
+    back = Meter(top5=True)
+    back.load_state_dict(m.state_dict())
+    assert back.result("val") == pytest.approx(r)
+    assert Meter().result("val") == {}
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0.1, 0.0, 0, 10) == pytest.approx(0.1)
+    assert cosine_lr(0.1, 0.0, 5, 10) == pytest.approx(0.05)
+    assert cosine_lr(0.1, 0.01, 10, 10) == pytest.approx(0.01)
+    assert all(cosine_lr(1, 0, e, 7) > cosine_lr(1, 0, e + 1, 7) for e in range(7))
+    assert not math.isnan(cosine_lr(1, 0, 0, 1))
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    lrs = [linear_lr(1.0, s, steps_per_epoch=2, warmup_epochs=2, epochs=5) for s in range(10)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up over 2 epochs of 2 steps
+    assert lrs[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])  # reaches 0 after the last step
+    assert linear_lr(0.3, 0, 4, 0, 2) == pytest.approx(0.3)
+
+
+def test_poly_schedule():
+    assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def test_fit_checkpoints_config_and_meta_and_refuses_a_checkpoint_past_the_end(tmp_path, train_task):
+    run = RunDir.open(tmp_path / "run", False, False)
+    rows = fit(train_task("train.epochs=2"), 2, run, config={"k": 1}, meta={"note": "x"})
+    ckpt = load_checkpoint(run.file("checkpoint.pt"))
+    assert ckpt["epoch"] == 2 and ckpt["config"] == {"k": 1} and ckpt["note"] == "x" and ckpt["processes"] == 1
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [json.loads(x)["epoch"] for x in run.file("metrics.jsonl").read_text().splitlines()] == [1, 2]
+    with pytest.raises(NGEError, match="past epoch 1"):
+        fit(train_task("train.epochs=2"), 1, run, resume=True)
