@@ -111,7 +111,7 @@ def test_aspp_branch_shapes():
 def test_miou_against_a_hand_computed_confusion_matrix():
     target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
     pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 1]])
-    conf = confusion_matrix(pred, target, 4)
+    conf = confusion_matrix(pred, target, 4, ignore_index=255)
     expected = torch.tensor([[1, 1, 0, 0],  # truth 0: predicted 0 once, 1 once
                              [0, 2, 0, 0],  # truth 1: both right
                              [1, 0, 1, 0],  # truth 2: one right, one predicted 0; two pixels ignored

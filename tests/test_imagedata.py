@@ -8,27 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from nge.errors import NGEError
-from nge.imagedata import (
+from nge.data import imagenet_loader, voc_loader, write_synthetic_imagefolder, write_synthetic_voc
+from nge.data.imagenet import ImageFolderSet
+from nge.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    VOC_CLASSES,
-    VOC_PALETTE,
-    ImageFolderSet,
-    VOCSegmentation,
     center_crop,
     color_jitter,
-    colorize,
-    imagenet_loader,
     random_resized_crop,
     random_resized_crop_params,
-    read_mask,
     resize_shorter,
     to_tensor,
-    voc_loader,
-    write_synthetic_imagefolder,
-    write_synthetic_voc,
 )
+from nge.data.voc import VOC_CLASSES, VOC_PALETTE, VOCSegmentation, colorize, read_mask
+from nge.errors import NGEError
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

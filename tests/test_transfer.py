@@ -9,9 +9,9 @@ import torch
 from helpers.tasks import sigterm_at_step, without_seconds
 from nge.cli import main
 from nge.config import SegmentRunConfig, TrainRunConfig, load_config, validate
+from nge.data import write_synthetic_imagefolder, write_synthetic_voc
 from nge.engine import Meter
 from nge.genotypes import DARTS_V2
-from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
 from nge.profile import count_params_without_aux
 
 QUIET = ["runtime.progress=false"]

@@ -55,7 +55,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Writes a tiny synthetic data set in a real on-disk layout (for the smoke presets)."""
-    from nge.imagedata import write_synthetic_imagefolder, write_synthetic_voc
+    from nge.data import write_synthetic_imagefolder, write_synthetic_voc
 
     out = Path(args.dir)
     if not 0 <= args.seed < 2**31:

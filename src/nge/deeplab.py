@@ -83,7 +83,7 @@ def backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(BACKBONE_HEADS)}
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = ground truth, columns = prediction.
     Pixels labelled `ignore_index` are left out. Stays on the tensors' device (no host sync)."""
     keep = target != ignore_index

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from nge import viz
 from nge.config import EvalNetConfig, SegmentRunConfig, to_dict
+from nge.data import voc_loader
+from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from nge.data.voc import IGNORE_INDEX, VOC_CLASSES, VOC_NUM_CLASSES, colorize
 from nge.deeplab import DeepLabV3, backbone_state, confusion_matrix, iou_per_class, mean_iou
 from nge.engine import (
     Meter,
@@ -36,7 +39,6 @@ from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.evalnet import NetworkImageNet
 from nge.genotypes import resolve_genotype
-from nge.imagedata import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOC_NUM_CLASSES, colorize, voc_loader
 from nge.profile import count_params
 from nge.space import Genotype
 

@@ -74,7 +74,7 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
 
 def folder_data(cfg: TrainRunConfig) -> TrainData:
     """ImageNet in its ImageFolder layout, decoded and augmented by DataLoader workers."""
-    from nge.imagedata import imagenet_loader
+    from nge.data import imagenet_loader
 
     d, seed = cfg.data, cfg.runtime.seed
     if d.root is None:
