@@ -15,6 +15,7 @@ from nge.space import Genotype, random_genotype
 QUIET = ["runtime.progress=false", "runtime.threads=1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param", ["darts", "plain", "rnn"])
 def test_every_param_drives_a_search(tmp_path, param):
     out = tmp_path / param
@@ -28,6 +29,7 @@ def test_every_param_drives_a_search(tmp_path, param):
     assert torch.allclose(torch.tensor(probs[-1]["normal"]).sum(1), torch.ones(14))
 
 
+@pytest.mark.slow
 def test_smoke_ablation_writes_a_table_and_resumes(tmp_path, capsys):
     out = tmp_path / "abl"
     assert main(["ablate", "--preset", "smoke", "--out", str(out), *QUIET]) == 0

@@ -4,12 +4,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from nge.bench import main
 
 FIELDS = ("what", "form", "images_per_s", "step_ms", "peak_mem_mb", "base_mem_mb", "device", "threads", "batch",
           "input", "channels_last", "input_nhwc", "amp", "torch", "steps", "warmup")
 
 
+@pytest.mark.slow
 def test_smoke_bench_reports_every_measurement():
     proc = subprocess.run([sys.executable, "-m", "nge.bench", "--smoke", "--reference", "--json", "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)

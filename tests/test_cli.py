@@ -22,6 +22,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> N
 SMOKE = ["runtime.progress=false"]
 
 
+@pytest.mark.slow
 def test_smoke_search_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE]) == 0
@@ -43,6 +44,7 @@ def test_smoke_search_end_to_end(tmp_path, capsys):
     assert "search:" in (out / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_refused_then_forced(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -62,6 +64,7 @@ def test_force_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE, "search.epochs=1"]) == 0
@@ -72,6 +75,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_continues_a_shorter_run(tmp_path):
     out = tmp_path / "run"
     assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE, "search.epochs=1"]) == 0
@@ -80,6 +84,7 @@ def test_resume_continues_a_shorter_run(tmp_path):
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_missing_data_root_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("search", "--preset", "quick", "--out", str(out), f"data.root={tmp_path / 'nowhere'}")
@@ -87,6 +92,7 @@ def test_missing_data_root_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_corrupt_idx_is_one_line(tmp_path, fmnist_root):
     f = fmnist_root / "train-images-idx3-ubyte.gz"
     f.write_bytes(f.read_bytes()[:200])
@@ -94,6 +100,7 @@ def test_corrupt_idx_is_one_line(tmp_path, fmnist_root):
     assert_one_line_error(proc, "train-images-idx3-ubyte.gz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragment",
     [

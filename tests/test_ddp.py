@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.ddp
+
 HELPER = Path(__file__).parent / "helpers" / "ddp_run.py"
 QUIET = ["runtime.progress=false"]
 

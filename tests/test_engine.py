@@ -95,6 +95,7 @@ def test_only_settings_that_cannot_change_results_may_differ_on_resume():
             check_resume_config(saved, current, may)
 
 
+@pytest.mark.slow
 def test_resume_with_another_seed_is_refused_before_any_work(tmp_path):
     cfg = load_config(SearchRunConfig, "search", "smoke", ["runtime.progress=false", "search.epochs=1"])
     run_search(cfg, tmp_path / "run", log=lambda m: None)

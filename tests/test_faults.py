@@ -21,6 +21,8 @@ from nge.errors import NGEError
 from nge.space import Genotype
 from nge.train import TrainTask
 
+pytestmark = pytest.mark.faults
+
 # Small but long enough (several seconds) to be killed mid-run.
 SEARCH = ["search", "--preset", "smoke", "runtime.progress=false", "search.epochs=4",
           "data.synthetic.n_train=160", "runtime.threads=1"]

@@ -312,6 +312,7 @@ def test_imagefolder_errors_name_the_path(tmp_path, inet):
         ImageFolderSet(inet, "val", False, size=224, resize=200)
 
 
+@pytest.mark.slow
 def test_undecodable_images_surface_as_one_line_errors(tmp_path, inet):
     bad = tmp_path / "bad"
     shutil.copytree(inet, bad)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nge.config import SearchRunConfig, load_config
@@ -57,6 +58,7 @@ def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path)
     assert len(seen) >= 2 and not torch.equal(seen[0], seen[-1])
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     full = tiny_task("search.epochs=3")
     fit(full, 3, RunDir.open(tmp_path / "full", False, False))

@@ -144,6 +144,7 @@ def _probs(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "probs.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_faithful_search_is_unchanged_when_no_remedy_is_set(tmp_path):
     """P after the smoke search equals what the code gave before the remedies existed: bitwise on the
     kind of CPU and torch it was recorded with, to float rounding elsewhere."""
@@ -156,6 +157,7 @@ def test_faithful_search_is_unchanged_when_no_remedy_is_set(tmp_path):
             assert torch.equal(got, want) if same_machine else torch.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_search_writes_telemetry_and_op_counts(tmp_path):
     out = _search(tmp_path, "t")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -170,6 +172,7 @@ def test_search_writes_telemetry_and_op_counts(tmp_path):
     assert (out / "telemetry.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("param", ["darts", "nge"])
 def test_each_remedy_changes_the_search(tmp_path, param):
     base = _probs(_search(tmp_path, "base", f"search.arch.name={param}"))

@@ -98,6 +98,7 @@ TOLERANCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["none", "edge", "cell", "early"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

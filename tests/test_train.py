@@ -43,6 +43,7 @@ def test_drop_path_ramps_and_lr_decays(tmp_path):
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path):
     full = tiny_task("train.epochs=3")
     a = fit(full, 3, RunDir.open(tmp_path / "a", False, False))
@@ -67,6 +68,7 @@ def test_resolve_genotype(tmp_path):
         resolve_genotype(str(tmp_path / "bad.json"))
 
 
+@pytest.mark.slow
 def test_train_cli_end_to_end_with_search_run_dir(tmp_path, capsys):
     search = tmp_path / "search"
     assert main(["search", "--preset", "smoke", "--out", str(search), *QUIET, "search.epochs=1"]) == 0

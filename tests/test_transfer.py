@@ -17,6 +17,7 @@ from nge.profile import count_params_without_aux
 QUIET = ["runtime.progress=false"]
 
 
+@pytest.mark.slow
 def test_imagenet_then_segmentation_through_the_cli(tmp_path, capsys):
     images = write_synthetic_imagefolder(tmp_path / "imagenet")
     voc = write_synthetic_voc(tmp_path / "voc", aug=True)
@@ -80,6 +81,7 @@ def test_paper_imagenet_preset_values_and_one_step_at_full_size(tmp_path):
     assert meters["train"].n == 2 and not torch.equal(before, task.net.classifier.weight)
 
 
+@pytest.mark.slow
 def test_paper_voc_preset_one_step_at_full_size(tmp_path):
     from nge.evalnet import NetworkImageNet
     from nge.segment import SegmentTask, build_segmenter
@@ -100,6 +102,7 @@ def test_paper_voc_preset_one_step_at_full_size(tmp_path):
     assert task.lr == pytest.approx(0.007) and not torch.equal(before, model.classifier.weight)
 
 
+@pytest.mark.slow
 def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp_path):
     from nge.engine import RunDir, fit
     from nge.errors import NGEError
