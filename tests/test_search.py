@@ -1,23 +1,13 @@
 import pytest
 import torch
 
-from nge.config import SearchRunConfig, load_config
-from nge.data import make_synthetic
 from nge.engine import RunDir, fit
-from nge.search import SearchTask
 
 
-def tiny_task(*overrides: str) -> SearchTask:
-    cfg = load_config(SearchRunConfig, "search", "smoke", ["runtime.progress=false", *overrides])
-    torch.manual_seed(0)
-    data = make_synthetic(n_train=64, n_test=8, num_classes=4, channels=3, size=8)
-    return SearchTask(cfg, data, torch.device("cpu"))
-
-
-def test_weight_phase_sends_no_gradient_to_the_embedding():
+def test_weight_phase_sends_no_gradient_to_the_arch(search_task):
     from nge.engine import Meter
 
-    task = tiny_task()
+    task = search_task()
     x, y = next(iter(task.train_loader))
     before = {k: v.clone() for k, v in task.net.state_dict().items()}
     task.weight_step(x, y, task.arch(), Meter())
@@ -26,10 +16,10 @@ def test_weight_phase_sends_no_gradient_to_the_embedding():
     assert any("weight" in k for k in changed)
 
 
-def test_embedding_phase_leaves_the_weights_unchanged():
+def test_arch_phase_leaves_the_weights_unchanged(search_task):
     from nge.engine import Meter
 
-    task = tiny_task()
+    task = search_task()
     x, y = next(iter(task.val_loader))
     w_before = [p.clone() for p in task.net.parameters()]
     a_before = [p.clone() for p in task.arch.parameters()]
@@ -40,8 +30,8 @@ def test_embedding_phase_leaves_the_weights_unchanged():
     assert any(not torch.equal(a, b) for a, b in zip(task.arch.parameters(), a_before, strict=True))
 
 
-def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch, tmp_path):
-    task = tiny_task("search.epochs=1")
+def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch, tmp_path, search_task):
+    task = search_task("search.epochs=1")
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
@@ -49,8 +39,8 @@ def test_epoch_alternation_holds_p_fixed_during_the_weight_phase(monkeypatch, tm
     assert len(seen) == len(task.train_loader) and all(torch.equal(seen[0], s) for s in seen)
 
 
-def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path):
-    task = tiny_task("search.alternation=batch")
+def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path, search_task):
+    task = search_task("search.alternation=batch")
     seen = []
     real = task.weight_step
     monkeypatch.setattr(task, "weight_step", lambda x, y, p, m: (seen.append(p.normal.clone()), real(x, y, p, m)))
@@ -59,13 +49,13 @@ def test_batch_alternation_updates_p_between_weight_steps(monkeypatch, tmp_path)
 
 
 @pytest.mark.slow
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    full = tiny_task("search.epochs=3")
+def test_resume_matches_an_uninterrupted_run(tmp_path, search_task):
+    full = search_task("search.epochs=3")
     fit(full, 3, RunDir.open(tmp_path / "full", False, False))
-    part = tiny_task("search.epochs=3")
+    part = search_task("search.epochs=3")
     run = RunDir.open(tmp_path / "part", False, False)
     fit(part, 2, run)
-    resumed = tiny_task("search.epochs=3")
+    resumed = search_task("search.epochs=3")
     fit(resumed, 3, run, resume=True)
     assert resumed.genotype() == full.genotype()
     for a, b in zip(resumed.p_history, full.p_history, strict=True):

@@ -8,20 +8,12 @@ from helpers.files import make_cifar10
 from helpers.tasks import without_seconds
 from nge.cli import main
 from nge.config import TrainRunConfig, available_presets, load_config, validate
-from nge.data import make_synthetic
 from nge.engine import RunDir, fit
 from nge.errors import NGEError
 from nge.genotypes import BUILTIN_GENOTYPES, resolve_genotype
 from nge.train import TrainTask
 
 QUIET = ["runtime.progress=false"]
-
-
-def tiny_task(*overrides: str) -> TrainTask:
-    cfg = load_config(TrainRunConfig, "train", "smoke", [*QUIET, *overrides])
-    torch.manual_seed(0)
-    data = make_synthetic(n_train=48, n_test=16, num_classes=4, channels=3, size=12)
-    return TrainTask(cfg, BUILTIN_GENOTYPES["DARTS_V2"], data, torch.device("cpu"))
 
 
 def test_paper_presets_match_spec():
@@ -35,8 +27,8 @@ def test_paper_presets_match_spec():
         assert (d.name, d.batch_size, d.cutout, d.crop_pad, d.flip) == (dataset, 128, 16, 4, True)
 
 
-def test_drop_path_ramps_and_lr_decays(tmp_path):
-    task = tiny_task("train.epochs=4", "model.drop_path=0.2")
+def test_drop_path_ramps_and_lr_decays(tmp_path, train_task):
+    task = train_task("train.epochs=4", "model.drop_path=0.2")
     rows = fit(task, 2, RunDir.open(tmp_path / "run", False, False))
     assert rows[0]["drop_path"] == 0.0 and rows[1]["drop_path"] == pytest.approx(0.05)
     assert rows[0]["lr"] > rows[1]["lr"]
@@ -44,12 +36,12 @@ def test_drop_path_ramps_and_lr_decays(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted_run(tmp_path):
-    full = tiny_task("train.epochs=3")
+def test_resume_equals_uninterrupted_run(tmp_path, train_task):
+    full = train_task("train.epochs=3")
     a = fit(full, 3, RunDir.open(tmp_path / "a", False, False))
     run = RunDir.open(tmp_path / "b", False, False)
-    fit(tiny_task("train.epochs=3"), 1, run)
-    resumed = tiny_task("train.epochs=3")
+    fit(train_task("train.epochs=3"), 1, run)
+    resumed = train_task("train.epochs=3")
     b = fit(resumed, 3, run, resume=True)
     assert without_seconds(a) == without_seconds(b)
     for (k, v), w in zip(full.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
