@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
+from nge.arch import build_arch
 from nge.cli import main
+from nge.profile import count_params
 from nge.space import Genotype
 
 
@@ -37,7 +39,8 @@ def test_smoke_search_end_to_end(tmp_path, capsys):
     assert [p["epoch"] for p in probs] == [0, 1, 2]
     assert len(probs[-1]["normal"]) == 14 and len(probs[-1]["reduce"][0]) == 7
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["genotype"] == genotype.to_dict() and summary["params"] > 0 and summary["arch_params"] == 46272
+    assert summary["genotype"] == genotype.to_dict()
+    assert summary["params"] > 0 and summary["arch_params"] == count_params(build_arch("nge"))
     assert summary["wall_seconds"] > 0
     for png in ("normal.png", "reduce.png", "probs.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,9 +82,11 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
 def test_resume_continues_a_shorter_run(tmp_path):
     out = tmp_path / "run"
     assert main(["search", "--preset", "smoke", "--out", str(out), *SMOKE, "search.epochs=1"]) == 0
+    first = (out / "metrics.jsonl").read_text().splitlines()
     assert main(["search", "--preset", "smoke", "--out", str(out), "--resume", *SMOKE, "search.epochs=2"]) == 0
     rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 2
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2] and rows[0] == first[0]  # epoch 1 kept as it was
+    assert [json.loads(r)["epoch"] for r in (out / "probs.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 @pytest.mark.slow
@@ -117,6 +122,6 @@ def test_bad_input_is_one_line(args, fragment):
 def test_profile_json(capsys):
     assert main(["profile", "--preset", "paper", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["arch_params"] == 46272
+    assert result["arch_params"] == count_params(build_arch("nge"))
     assert result["params"] > 1_000_000 and result["mult_adds"] > 100_000_000
     assert result["input"] == [3, 32, 32]

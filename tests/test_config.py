@@ -76,6 +76,7 @@ def test_a_config_changed_after_loading_is_validated_again():
         ("train", ["data.resize=300"], "data.resize"),
         ("train", ["data.name=cifar10", "data.synthetic.size=16"], "data.synthetic.size has no effect"),
         ("train", ["model.auxiliary=false", "model.auxiliary_weight=0.3"], "model.auxiliary_weight"),
+        ("train", ["train.schedule=linear", "train.lr_min=0.001"], "train.lr_min"),
         ("search", ["data.name=fashion_mnist", "data.synthetic.n_train=9"], "data.synthetic.n_train"),
         ("search", ["data.root=/x"], "data.root has no effect with data.name=synthetic"),
         ("train", ["data.name=imagenet", "model.stem_multiplier=2"], "model.stem_multiplier"),
@@ -89,12 +90,19 @@ def test_keys_that_would_be_ignored_are_refused(kind, overrides, fragment):
 
 
 def test_choices_are_enums():
+    import enum
+
+    from nge.arch import ARCH_PARAMS
+    from nge.supernet import CHECKPOINT_MODES
+
     cfg = load_config(SearchRunConfig, "search", "smoke", ["model.checkpoint=early", "search.arch.name=darts"])
-    assert cfg.model.checkpoint == "early" and cfg.search.arch.name == "darts"
-    assert f"{cfg.search.arch.name}" == "darts"  # formats as its value
-    for bad in ("model.checkpoint=sometimes", "search.arch.name=gcn"):
-        with pytest.raises(NGEError, match=bad.split("=")[0]):
-            load_config(SearchRunConfig, "search", "smoke", [bad])
+    assert isinstance(cfg.model.checkpoint, enum.Enum) and isinstance(cfg.search.arch.name, enum.Enum)
+    assert cfg.model.checkpoint == "early" and f"{cfg.search.arch.name}" == "darts"  # compares and formats as its value
+    # the choices are the tables themselves, not copies of them
+    assert [c.value for c in type(cfg.model.checkpoint)] == list(CHECKPOINT_MODES)
+    assert [c.value for c in type(cfg.search.arch.name)] == list(ARCH_PARAMS)
+    with pytest.raises(NGEError, match="model.checkpoint"):
+        load_config(SearchRunConfig, "search", "smoke", ["model.checkpoint=sometimes"])
 
 
 def test_unknown_preset():
@@ -106,3 +114,18 @@ def test_a_preset_may_set_keys_that_an_override_makes_inert():
     """Only overrides are refused: `--preset smoke data.name=cifar10` keeps the preset's synthetic sizes."""
     cfg = load_config(TrainRunConfig, "train", "smoke", ["data.name=cifar10"])
     assert cfg.data.name == "cifar10" and cfg.data.synthetic.size == 16
+
+
+def test_bench_routes_each_override_to_the_configs_that_have_its_key():
+    import argparse
+
+    from nge.bench import _configs
+
+    s = argparse.Namespace(preset="smoke", train_preset="smoke", overrides=["model.checkpoint=early", "model.C=8",
+                           "train.schedule=linear", "train.warmup_epochs=1"], batch=None, smoke=True, device="cpu")
+    search, train = _configs(s, {"search"})["search"], _configs(s, {"train"})["train"]
+    assert search.model.checkpoint == "early" and search.model.C == 8
+    assert train.model.C == 8 and train.train.schedule == "linear" and train.train.warmup_epochs == 1
+    s.overrides = ["model.nonsense=1"]
+    with pytest.raises(NGEError, match="model.nonsense"):
+        _configs(s, {"search"})

@@ -3,7 +3,6 @@ with the same global batch."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +16,13 @@ HELPER = Path(__file__).parent / "helpers" / "ddp_run.py"
 QUIET = ["runtime.progress=false"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(tmp_path: Path, name: str, kind: str, procs: int, *overrides: str) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = tmp_path / name
     args = [str(HELPER), kind, str(tmp_path / f"{name}-run"), str(result), *QUIET, *overrides]
     if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-               f"--master_port={free_port()}", *args]
+        # --standalone: a local rendezvous on a free port that torchrun picks itself
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
     else:
         cmd = [sys.executable, *args, "runtime.threads=1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

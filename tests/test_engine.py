@@ -86,9 +86,10 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 def test_only_settings_that_cannot_change_results_may_differ_on_resume():
     saved = to_dict(load_config(SearchRunConfig, "search", "smoke", []))
     may = ("search.epochs", *RESUME_MAY_CHANGE)
-    for harmless in ("runtime.threads=1", "runtime.progress=false", "runtime.device=cpu", "search.epochs=9"):
+    for harmless in ("runtime.threads=1", "runtime.progress=false", "runtime.device=cpu", "runtime.nonfinite=skip",
+                     "search.epochs=9"):
         check_resume_config(saved, to_dict(load_config(SearchRunConfig, "search", "smoke", [harmless])), may)
-    for changing in ("runtime.seed=1", "runtime.amp=true", "runtime.channels_last=true", "runtime.nonfinite=skip",
+    for changing in ("runtime.seed=1", "runtime.amp=true", "runtime.channels_last=true",
                      "data.train_portion=0.4", "search.arch.lr=0.1"):
         current = to_dict(load_config(SearchRunConfig, "search", "smoke", [changing]))
         with pytest.raises(NGEError, match=changing.split("=")[0].replace(".", r"\.")):
@@ -107,7 +108,7 @@ def test_resume_with_another_seed_is_refused_before_any_work(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
 
 
-def test_a_checkpoint_without_a_config_cannot_be_resumed_through_the_cli(tmp_path, train_task):
+def test_a_checkpoint_without_a_config_cannot_be_resumed(tmp_path, train_task):
     run = RunDir.open(tmp_path / "run", False, False)
     fit(train_task("train.epochs=1"), 1, run)
     with pytest.raises(NGEError, match="records no configuration"):
@@ -165,3 +166,9 @@ def test_fit_checkpoints_config_and_meta_and_refuses_a_checkpoint_past_the_end(t
     assert [json.loads(x)["epoch"] for x in run.file("metrics.jsonl").read_text().splitlines()] == [1, 2]
     with pytest.raises(NGEError, match="past epoch 1"):
         fit(train_task("train.epochs=2"), 1, run, resume=True)
+
+
+def test_a_run_of_another_nge_version_is_named_as_such():
+    saved = {"search": {"param": "nge", "epochs": 2}}
+    with pytest.raises(NGEError, match=r"another|other settings \(search\.param\); start a new run"):
+        check_resume_config(saved, {"search": {"arch": {"name": "nge"}, "epochs": 2}}, ())

@@ -134,14 +134,6 @@ def test_set_drop_path_reaches_every_droppath_and_identity_cells_ignore_it():
     torch.testing.assert_close(out, cell(s0, s1))
 
 
-def test_drop_path_active_in_training_forward():
-    torch.manual_seed(0)
-    net = NetworkCIFAR(DARTS_V2, C=4, layers=3, auxiliary=False).train()
-    net.set_drop_path(0.5)
-    logits, _ = net(torch.randn(2, 3, 8, 8))
-    assert torch.isfinite(logits).all()
-
-
 @pytest.mark.parametrize("name", sorted(BUILTIN_GENOTYPES))
 def test_builtin_genotypes_are_valid_and_build(name):
     g = BUILTIN_GENOTYPES[name]
@@ -195,7 +187,7 @@ def test_darts_v2_cifar_param_count():
 
 def test_darts_v2_imagenet_param_count_is_the_published_4_7m():
     net = NetworkImageNet(DARTS_V2, C=48, layers=14)
-    assert round(count_params_without_aux(net) / 1e5) == 47  # DARTS paper, Table 2: 4.7M
+    assert count_params_without_aux(net) == 4_718_752  # DARTS paper, Table 2: 4.7M
 
 
 @pytest.mark.parametrize("size", [8, 7, 4, 12])

@@ -23,7 +23,7 @@ from nge.train import TrainTask
 
 pytestmark = pytest.mark.faults
 
-# Small but long enough (several seconds) to be killed mid-run.
+# 4 epochs of 10 optimiser steps each (search: 5 weight and 5 arch steps).
 SEARCH = ["search", "--preset", "smoke", "runtime.progress=false", "search.epochs=4",
           "data.synthetic.n_train=160", "runtime.threads=1"]
 TRAIN = ["train", "--genotype", "DARTS_V2", "--preset", "smoke", "runtime.progress=false", "train.epochs=4",
@@ -89,14 +89,15 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, reference, 
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "stopped by SIGTERM at epoch 2" in lines[-1] and "--resume" in lines[-1]
-    assert load_checkpoint(out / "checkpoint.pt")["cursor"]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["cursor"] == ({"weights": 3} if kind == "search" else {"train": 3})
     proc = run(args, out, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert outcome(out) == reference[kind]
 
 
 def test_signal_mid_phase_checkpoints_the_position_and_resumes_exactly(tmp_path):
-    """Deterministic version of the SIGTERM test: the signal arrives during step 3 of epoch 2."""
+    """In process (the CLI test above goes through a subprocess): SIGTERM during step 3 of epoch 2."""
     full = tiny_train("train.epochs=3")
     want = fit(full, 3, RunDir.open(tmp_path / "full", False, False))
     task = tiny_train("train.epochs=3")

@@ -113,7 +113,7 @@ def test_shared_offset_scales_the_mean_over_edges_only():
 def test_without_shared_offset_no_op_leads_on_every_edge(name):
     torch.manual_seed(0)
     arch = build_arch(name, shared_offset=0.0)
-    with torch.no_grad():  # make the parameterisation prefer op 3 everywhere, with edge-specific noise
+    with torch.no_grad():  # edge-specific noise on the first weight matrix
         p = next(q for q in arch.parameters() if q.dim() == 2)
         p.add_(torch.randn_like(p))
         logits = arch.logits()

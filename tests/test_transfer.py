@@ -53,6 +53,10 @@ def test_segment_needs_a_backbone_or_a_genotype(tmp_path, capsys):
     assert main(["segment", "--preset", "smoke", "--backbone", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r"),
                  f"data.root={voc}"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["segment", "--preset", "smoke", "--backbone", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r"),
+                 f"data.root={voc}", "model.C=16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.C has no effect with --backbone" in err
 
 
 def test_paper_imagenet_preset_values_and_one_step_at_full_size(tmp_path):

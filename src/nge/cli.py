@@ -46,6 +46,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from nge.segment import run_segment
 
     cfg = load_config(SegmentRunConfig, "segment", args.preset, args.overrides)
+    if args.backbone:  # the checkpoint's network is used as it is
+        for item in args.overrides:
+            key = item.split("=", 1)[0].strip()
+            if key in ("model.C", "model.layers"):
+                raise NGEError(f"bad configuration: {key} has no effect with --backbone (the checkpoint's network is "
+                               "used); drop it")
     out = Path(args.out) if args.out else default_run_dir("segment", args.preset)
     summary = run_segment(cfg, out, backbone=args.backbone, genotype=args.genotype, force=args.force,
                           resume=args.resume, log=_log)

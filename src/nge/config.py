@@ -223,6 +223,8 @@ def _inert(cfg: Any) -> dict[str, str]:
             out["model.stem_multiplier"] = "with data.name=imagenet (the ImageNet network has its own stem)"
         if not cfg.model.auxiliary:
             out["model.auxiliary_weight"] = "with model.auxiliary=false"
+        if cfg.train.schedule == Schedule.linear:
+            out["train.lr_min"] = "with train.schedule=linear (it decays to 0)"
     return out
 
 
@@ -234,6 +236,15 @@ def _refuse_inert(cfg: Any, overrides: list[str]) -> None:
         for prefix, why in inert.items():
             if key == prefix or key.startswith(prefix + "."):
                 raise NGEError(f"bad configuration: {key} has no effect {why}; drop it")
+
+
+def has_key(schema: type, key: str) -> bool:
+    """Whether the dotted `key` names a setting or section of `schema`."""
+    missing = object()
+    try:
+        return OmegaConf.select(OmegaConf.structured(schema), key, default=missing, throw_on_missing=False) is not missing
+    except OmegaConfBaseException:
+        return False
 
 
 def to_dict(cfg: Any) -> dict:
@@ -385,7 +396,7 @@ class SegDataConfig:
 
 @dataclass
 class SegModelConfig:
-    C: int = 48  # backbone (ignored with --backbone: the checkpoint's network is used)
+    C: int = 48  # a fresh backbone's width (with --backbone the checkpoint's network is used; nge segment refuses it)
     layers: int = 14
     output_stride: int = 16
     aspp_channels: int = 256
@@ -450,7 +461,8 @@ _VALIDATORS = {
 
 # What a resume may change: settings that cannot change a run's results. Everything else (the
 # seed, which fixes the split and the batch order, included) must match the run's checkpoint.
-RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress")
+# runtime.nonfinite only decides what happens at a non-finite step, which a finished epoch never had.
+RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite")
 
 
 def validate(cfg: Any) -> None:

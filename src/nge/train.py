@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from nge import viz
 from nge.config import TrainRunConfig, to_dict
-from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset
+from nge.data import Augment, BatchLoader, Dataset, describe, imagenet_loader, load_dataset
 from nge.engine import (
     Meter,
     Phase,
@@ -43,7 +43,7 @@ from nge.space import Genotype
 
 @dataclass
 class TrainData:
-    """Loaders (iterables of (x, y) with `len` and `set_epoch`) and what the network needs to know."""
+    """Loaders (`engine.Batches` of (x, y) with `set_epoch`) and what the network needs to know."""
 
     train: Any
     test: Any
@@ -74,8 +74,6 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
 
 def folder_data(cfg: TrainRunConfig) -> TrainData:
     """ImageNet in its ImageFolder layout, decoded and augmented by DataLoader workers."""
-    from nge.data import imagenet_loader
-
     d, seed = cfg.data, cfg.runtime.seed
     if d.root is None:
         raise NGEError("data.name=imagenet needs data.root=DIR (a folder holding train/<class>/ and val/<class>/)")
@@ -184,8 +182,9 @@ class TrainJob(Job):
     def prepare(self, out: Path, resume: bool) -> None:
         self.genotype = resolve_genotype(self.genotype_spec)
         saved = Path(out) / "genotype.json"
-        if resume and saved.is_file() and Genotype.load(saved) != self.genotype:
-            raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with")
+        if resume and (not saved.is_file() or Genotype.load(saved) != self.genotype):
+            raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with "
+                           "(or without its genotype.json)")
         if self.cfg.model.mult_adds_limit is not None:
             check_mult_adds(self.cfg, profile_eval_preset(self.cfg, self.genotype)["mult_adds"], self.genotype_spec)
 

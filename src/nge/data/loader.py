@@ -36,7 +36,7 @@ class ImageLoader:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset,  # a map-style set with set_epoch(epoch): ImageFolderSet or VOCSegmentation
         batch_size: int,
         workers: int,
         seed: int,

@@ -62,10 +62,10 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
     the others (under torchrun only the first process writes and reports)."""
     cfg = job.cfg
     validate(cfg)
-    job.prepare(Path(out), resume)
     RunDir.check(out, force, resume)
     if resume:
         check_resume(out, to_dict(cfg), (job.epochs_key, *RESUME_MAY_CHANGE))
+    job.prepare(Path(out), resume)
     r = cfg.runtime
     device = setup_runtime(r.seed, r.threads, r.device)
     task = job.build(device)

@@ -104,10 +104,10 @@ class RunDir:
     def open(cls, path: Path, force: bool, resume: bool, resumes_from: str = CHECKPOINT) -> RunDir:
         """Checks as `check`, then (main process only; under torchrun the others only read) empties
         the folder if `force` and creates it."""
-        cls.check(path, force, resume, resumes_from)
         path = Path(path)
-        if not is_main():
+        if not is_main():  # the first process checks and creates it (the others ran `check` earlier)
             return cls(path)
+        cls.check(path, force, resume, resumes_from)
         if force and path.exists():
             if not path.is_dir() or not any((path / m).exists() for m in cls.MARKERS) and any(path.iterdir()):
                 raise NGEError(f"--force refuses to delete {path}: it does not look like an nge run directory")
@@ -148,6 +148,10 @@ def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...])
     a, b = flat(saved), flat(current)
     differ = sorted(k for k in set(a) | set(b)
                     if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in may_differ))
+    foreign = [k for k in differ if k not in b]
+    if foreign:
+        raise NGEError(f"cannot resume: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
+                       "start a new run")
     if differ:
         raise NGEError(f"cannot resume: the configuration differs from the run's in {', '.join(differ[:6])} "
                        "(resume with the same preset and overrides)")
