@@ -75,7 +75,6 @@ class ImageFolderSet(Dataset):
         return to_tensor(img), label
 
 
-
 def imagenet_loader(
     root: str | Path,
     split: str,

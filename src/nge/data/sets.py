@@ -246,7 +246,6 @@ def split_train_val(train: ImageSet, train_portion: float, seed: int, limit: int
     return train.subset(perm[:n_train]), train.subset(perm[n_train:])
 
 
-
 def describe(ds: Dataset) -> str:
     shape = f"{ds.in_channels}x{ds.image_size}x{ds.image_size}"
     return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {shape}, {ds.num_classes} classes"

@@ -20,7 +20,6 @@ MEAN_RGB_UINT8 = tuple(int(round(m * 255)) for m in IMAGENET_MEAN)  # (124, 116,
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
-
 def one_line(text: object) -> str:
     return " ".join(str(text).split())
 

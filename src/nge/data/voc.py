@@ -54,9 +54,6 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return VOC_COLOURS[mask.astype(np.intp)]
 
 
-
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A VOC mask as class indices: palette ("P") or grayscale ("L") pixel values, never via RGB."""
     img = open_image(path, mode=None)
@@ -165,7 +162,6 @@ class VOCSegmentation(Dataset):
                 )
             img, mask = self._pad(img, mask)
         return to_tensor(img), torch.from_numpy(np.array(mask, dtype=np.int64))
-
 
 
 def voc_loader(
