@@ -99,7 +99,7 @@ def test_choices_are_enums():
     assert isinstance(cfg.model.checkpoint, enum.Enum) and isinstance(cfg.search.arch.name, enum.Enum)
     assert cfg.model.checkpoint == "early" and f"{cfg.search.arch.name}" == "darts"  # compares and formats as its value
     # the choices are the tables themselves, not copies of them
-    assert [c.value for c in type(cfg.model.checkpoint)] == list(CHECKPOINT_MODES)
+    assert [c.value for c in type(cfg.model.checkpoint)] == ["auto", *CHECKPOINT_MODES]
     assert [c.value for c in type(cfg.search.arch.name)] == list(ARCH_PARAMS)
     with pytest.raises(NGEError, match="model.checkpoint"):
         load_config(SearchRunConfig, "search", "smoke", ["model.checkpoint=sometimes"])

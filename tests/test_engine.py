@@ -87,7 +87,7 @@ def test_only_settings_that_cannot_change_results_may_differ_on_resume():
     saved = to_dict(load_config(SearchRunConfig, "search", "smoke", []))
     may = ("search.epochs", *RESUME_MAY_CHANGE)
     for harmless in ("runtime.threads=1", "runtime.progress=false", "runtime.device=cpu", "runtime.nonfinite=skip",
-                     "search.epochs=9"):
+                     "model.checkpoint=edge", "search.epochs=9"):
         check_resume_config(saved, to_dict(load_config(SearchRunConfig, "search", "smoke", [harmless])), may)
     for changing in ("runtime.seed=1", "runtime.amp=true", "runtime.channels_last=true",
                      "data.train_portion=0.4", "search.arch.lr=0.1"):
@@ -172,3 +172,23 @@ def test_a_run_of_another_nge_version_is_named_as_such():
     saved = {"search": {"param": "nge", "epochs": 2}}
     with pytest.raises(NGEError, match=r"another|other settings \(search\.param\); start a new run"):
         check_resume_config(saved, {"search": {"arch": {"name": "nge"}, "epochs": 2}}, ())
+
+
+def test_recomputation_changes_nothing_in_the_search(tmp_path, search_task):
+    """Why a resume may change model.checkpoint: every mode gives bitwise the same P on the CPU."""
+    final = {}
+    for mode in ("none", "early", "edge", "cell"):
+        task = search_task("search.epochs=2", f"model.checkpoint={mode}")
+        fit(task, 2, RunDir.open(tmp_path / mode, False, False))
+        final[mode] = task.p_history[-1]
+    assert final["early"].normal.abs().sum() > 0
+    for mode in ("early", "edge", "cell"):
+        assert torch.equal(final[mode].normal, final["none"].normal) and torch.equal(final[mode].reduce, final["none"].reduce)
+
+
+def test_auto_recomputes_the_early_cells_on_the_cpu_only():
+    from nge.supernet import recompute_mode
+
+    assert recompute_mode("auto", torch.device("cpu")) == "early"
+    assert recompute_mode("auto", torch.device("cuda")) == "none"
+    assert recompute_mode("cell", torch.device("cuda")) == "cell"

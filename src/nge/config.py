@@ -98,8 +98,9 @@ class RuntimeConfig:
     nonfinite: NonFinitePolicy = NonFinitePolicy.stop
 
 
-# model.checkpoint: what the supernet recomputes in the backward pass (none, early, edge, cell)
-Recompute = StrEnum("Recompute", {m: m for m in CHECKPOINT_MODES})
+# model.checkpoint: what the supernet recomputes in the backward pass: auto (early on the CPU, none
+# on a GPU: `supernet.recompute_mode`), or one of the supernet's modes (none, early, edge, cell)
+Recompute = StrEnum("Recompute", {m: m for m in ("auto", *CHECKPOINT_MODES)})
 # search.arch.name: the architecture parameterisation, one of the registry `nge.arch.ARCH_PARAMS`
 ArchName = StrEnum("ArchName", {name: name for name in ARCH_PARAMS})
 
@@ -109,7 +110,7 @@ class SupernetConfig:
     C: int = 16
     layers: int = 8
     stem_multiplier: int = 3
-    checkpoint: Recompute = Recompute("none")  # recompute activations in the backward pass (less memory, slower)
+    checkpoint: Recompute = Recompute("auto")  # recompute activations in the backward pass (less memory, slower)
 
 
 @dataclass
@@ -461,8 +462,9 @@ _VALIDATORS = {
 
 # What a resume may change: settings that cannot change a run's results. Everything else (the
 # seed, which fixes the split and the batch order, included) must match the run's checkpoint.
-# runtime.nonfinite only decides what happens at a non-finite step, which a finished epoch never had.
-RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite")
+# runtime.nonfinite only decides what happens at a non-finite step, which a finished epoch never had;
+# model.checkpoint only decides what is recomputed (the same numbers: tests/test_engine.py).
+RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite", "model.checkpoint")
 
 
 def validate(cfg: Any) -> None:

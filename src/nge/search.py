@@ -43,7 +43,7 @@ class SearchTask:
     def __init__(self, cfg: SearchRunConfig, data: Dataset, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.net = build_supernet(cfg.model, data.in_channels, data.num_classes).to(device)
+        self.net = build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
         w, a = cfg.search.weights, cfg.search.arch
         self.arch: ArchParam = build_arch(a.name, init=a.init, shared_offset=a.shared_offset).to(device)
         if cfg.runtime.channels_last:

@@ -314,7 +314,16 @@ def _plain(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return op(x)
 
 
-def build_supernet(model: Any, in_channels: int, num_classes: int) -> SuperNet:
-    """The supernet of a search config's `model` section."""
+def recompute_mode(setting: str, device: torch.device) -> str:
+    """`model.checkpoint` for a device: `auto` recomputes the early cells' edges on the CPU (half the
+    memory, where memory is scarcer than speed) and nothing on a GPU; other settings as given."""
+    if setting == "auto":
+        return "early" if device.type == "cpu" else "none"
+    return str(setting)
+
+
+def build_supernet(model: Any, in_channels: int, num_classes: int, device: torch.device | None = None) -> SuperNet:
+    """The supernet of a search config's `model` section, for `device` (default: the CPU)."""
     return SuperNet(C=model.C, num_classes=num_classes, layers=model.layers, in_channels=in_channels,
-                    stem_multiplier=model.stem_multiplier, checkpoint=model.checkpoint)
+                    stem_multiplier=model.stem_multiplier,
+                    checkpoint=recompute_mode(model.checkpoint, device or torch.device("cpu")))
