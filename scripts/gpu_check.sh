@@ -31,11 +31,12 @@ if [ -n "$missing" ]; then
     exit 1
   fi
   # --no-deps: the wheels are complete (omegaconf and its antlr4 runtime); the rest is on the machine
-  "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --find-links wheels $missing
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-index --no-deps --find-links wheels $missing
 fi
 # nge itself, without dependencies, unless this python has it already (falls back to the source tree)
 if ! "$PY" -c "import nge" 2>/dev/null \
-    && ! "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-index --no-build-isolation -e . 2>/dev/null; then
+    && ! "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-index \
+        --no-build-isolation -e . 2>/dev/null; then
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 exec "$PY" scripts/gpu_check.py "$@"

@@ -7,6 +7,7 @@ and P's gradient within 10% in cosine distance (bf16 keeps 8 bits of mantissa).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -76,7 +77,7 @@ def test_evaluation_network_matches_the_cpu_and_trains():
     x = torch.randn(4, 3, 32, 32)
     cpu = net(x)[0]
     gpu_net = net.cuda()
-    assert torch.allclose(gpu_net(x.cuda())[0].cpu(), cpu, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(gpu_net(x.cuda())[0].cpu(), cpu, rtol=1e-3, atol=1e-4 * cpu.abs().max().item())
     gpu_net.train()
     logits, aux = gpu_net(x.cuda())
     loss = F.cross_entropy(logits, torch.zeros(4, dtype=torch.long, device="cuda")) + 0.4 * aux.square().mean()
@@ -85,24 +86,28 @@ def test_evaluation_network_matches_the_cpu_and_trains():
 
 
 def test_a_single_process_nccl_group_starts_and_reduces():
-    """torchrun's NCCL path, in one process: nge's runtime joins `cpu:gloo,cuda:nccl`, DDP wraps a
-    module, a backward all-reduces, and the group shuts down cleanly."""
+    """torchrun's NCCL path, in one process: the `cpu:gloo,cuda:nccl` group nge's runtime joins starts,
+    DDP wraps a module and all-reduces its gradients in the backward pass, a CUDA tensor is all-reduced,
+    and nge's shutdown leaves the group cleanly."""
     code = textwrap.dedent("""
         import os, torch
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", LOCAL_RANK="0",
                           WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         import torch.distributed as dist
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", 0))
         from torch.nn.parallel import DistributedDataParallel
-        from nge.engine import all_reduce_sum, check_same_everywhere, shutdown
+        from nge.engine import shutdown
         net = DistributedDataParallel(torch.nn.Linear(4, 2).cuda())
         net(torch.randn(3, 4, device="cuda")).sum().backward()
-        t = all_reduce_sum(torch.ones(2, device="cuda"))
-        check_same_everywhere(torch.arange(3.0), "a test tensor")
-        assert t.tolist() == [1.0, 1.0] and net.module.weight.grad is not None
+        t = torch.ones(2, device="cuda")
+        dist.all_reduce(t)
+        c = torch.ones(2)
+        dist.all_reduce(c)  # the gloo half, for the CPU tensors nge reduces
+        assert t.tolist() == [1.0, 1.0] and c.tolist() == [1.0, 1.0] and net.module.weight.grad is not None
         del net
         shutdown()
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "NCCL_DEBUG": "WARN"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

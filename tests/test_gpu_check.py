@@ -30,10 +30,13 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_a_table(tmp_path):
     proc = run(str(out), "--cpu-smoke")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "gpu_check.json").read_text())
-    assert result["environment"]["cpu_smoke"] and result["tests"]["ok"]
+    assert result["environment"]["cpu_smoke"] and result["tests"]["ok"] and "5 skipped" in result["tests"]["summary"]
     assert [r["what"] for r in result["bench"]] == ["supernet", "arch-step", "eval"]
     assert all(r["images_per_s"] > 0 and r["device"] == "cpu" for r in result["bench"])
     s = result["search_epoch"]
     assert s["estimate_25_epochs_min"] == pytest.approx(s["epoch_s"] * 25 / 60, abs=0.05)
     table = (out / "gpu_check.md").read_text()
+    e = result["steps_estimate"]
+    ips = {r["what"]: r["images_per_s"] for r in result["bench"]}
+    assert e["epoch_s"] == pytest.approx(25_000 / ips["supernet"] + 25_000 / ips["arch-step"], rel=1e-3)
     assert "| supernet |" in table and "estimate for 25 epochs" in table
