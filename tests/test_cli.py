@@ -125,3 +125,10 @@ def test_profile_json(capsys):
     assert result["arch_params"] == count_params(build_arch("nge"))
     assert result["params"] > 1_000_000 and result["mult_adds"] > 100_000_000
     assert result["input"] == [3, 32, 32]
+
+
+@pytest.mark.slow
+def test_a_redirected_log_has_lines_not_bar_updates(tmp_path):
+    proc = run_cli("search", "--preset", "smoke", "--out", str(tmp_path / "run"), "search.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "epoch 1/1  train_loss" in proc.stderr

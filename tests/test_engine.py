@@ -192,3 +192,20 @@ def test_auto_recomputes_the_early_cells_on_the_cpu_only():
     assert recompute_mode("auto", torch.device("cpu")) == "early"
     assert recompute_mode("auto", torch.device("cuda")) == "none"
     assert recompute_mode("cell", torch.device("cuda")) == "cell"
+
+
+def test_progress_where_stderr_is_not_a_terminal_is_a_plain_line_now_and_then():
+    import io
+
+    from nge.engine.loop import progress, progress_lines
+
+    ticks = iter([0.0, 10, 31, 40, 62, 70])  # the clock at the start and after each of 5 items
+    stream = io.StringIO()
+    assert list(progress_lines(range(5), 5, "epoch 1/2 weights", stream, 30.0, clock=lambda: next(ticks))) == list(range(5))
+    lines = stream.getvalue().splitlines()
+    assert lines == ["epoch 1/2 weights: 2/5 (40%), 15.50 s/step, about 46 s left",
+                     "epoch 1/2 weights: 4/5 (80%), 15.50 s/step, about 16 s left"]
+    # a stream that is not a terminal never gets carriage-return bar updates
+    stream = io.StringIO()
+    assert list(progress(range(50), 50, "x", True, stream=stream, every_s=0.0)) == list(range(50))
+    assert "\r" not in stream.getvalue() and len(stream.getvalue().splitlines()) == 49

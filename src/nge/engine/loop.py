@@ -82,12 +82,36 @@ class Meter:
         return out
 
 
-def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+PROGRESS_EVERY_S = 30.0  # when stderr is not a terminal: one progress line this often
+
+
+def progress(iterable: Iterable, total: int, desc: str, enabled: bool, stream=None,
+             every_s: float = PROGRESS_EVERY_S) -> Iterable:
+    """A progress bar on a terminal; where stderr is a file or a pipe (nohup, a batch job, CI), one
+    plain line every `every_s` seconds instead of carriage-return updates."""
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    stream = stream or sys.stderr
+    if stream.isatty():
+        from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+        return tqdm(iterable, total=total, desc=desc, leave=False, file=stream, dynamic_ncols=True)
+    return progress_lines(iterable, total, desc, stream, every_s)
+
+
+def progress_lines(iterable: Iterable, total: int, desc: str, stream, every_s: float,
+                   clock: Callable[[], float] = time.monotonic) -> Iterator:
+    """`iterable`, printing '{desc}: i/total (p%), s/step, time left' to `stream` every `every_s`
+    seconds by `clock` (never after the last item: the epoch's own line follows)."""
+    start = last = clock()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = clock()
+        if now - last >= every_s and i < total:
+            per = (now - start) / i
+            print(f"{desc}: {i}/{total} ({100 * i // total}%), {per:.2f} s/step, about {per * (total - i):.0f} s left",
+                  file=stream, flush=True)
+            last = now
 
 
 @torch.no_grad()
