@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,44 +20,94 @@ def _op_colour(op: str) -> str:
     return matplotlib.colormaps["tab10"](PRIMITIVES.index(op) % 10) if op in PRIMITIVES else "black"
 
 
-def plot_cell(cell: CellGenotype, title: str, path: Path, topology: Topology = DEFAULT_TOPOLOGY) -> None:
-    """Inputs c_{k-2}, c_{k-1} on the left, intermediate nodes 0..n-1, output c_{k} on the right;
-    each kept edge drawn as an arrow labelled with its op."""
+def _bezier(p0: tuple[float, float], p1: tuple[float, float], rad: float, n: int = 40) -> np.ndarray:
+    """Points of matplotlib's `arc3,rad=rad` curve from p0 to p1 (a quadratic Bezier), (n, 2)."""
+    (x0, y0), (x1, y1) = p0, p1
+    c = np.array([(x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)])
+    t = np.linspace(0, 1, n)[:, None]
+    return (1 - t) ** 2 * np.array(p0) + 2 * t * (1 - t) * c + t**2 * np.array(p1)
+
+
+def _hits(box, points: np.ndarray, pad: float) -> int:
+    """How many `points` (display coordinates) fall inside `box` grown by `pad` pixels."""
+    inside = ((points[:, 0] > box.x0 - pad) & (points[:, 0] < box.x1 + pad)
+              & (points[:, 1] > box.y0 - pad) & (points[:, 1] < box.y1 + pad))
+    return int(inside.sum())
+
+
+def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topology = DEFAULT_TOPOLOGY) -> list:
+    """A layered drawing as the paper's Figure 4: inputs c_{k-2}, c_{k-1} on the left, intermediate
+    nodes 0..n-1 in order, the output c_{k} on the right; every kept edge an arrow in its op's colour,
+    labelled with the op. Each edge's curvature and label position are chosen, among a few
+    candidates, so that its label overlaps no other label, node or edge (the fewest crossings where
+    none is free). Returns the label boxes (display coordinates) in edge order."""
     n_in, n = topology.n_inputs, topology.n_nodes
     pos = {0: (-0.8, 0.9), 1: (-0.8, -0.9)}
     for k in range(n):
-        pos[n_in + k] = (1.0 + k, 1.2 if k % 2 == 0 else -1.2)
+        pos[n_in + k] = (1.0 + 1.15 * k, 1.2 if k % 2 == 0 else -1.2)
     out = n_in + n
-    pos[out] = (n + 1.2, 0.0)
-    labels = {0: "c_{k-2}", 1: "c_{k-1}", out: "c_{k}"} | {n_in + k: str(k) for k in range(n)}
-    fig, ax = plt.subplots(figsize=(1.9 * (n + 2.6), 5.2))
+    pos[out] = (1.15 * n + 1.3, 0.0)
+    names = {0: "c_{k-2}", 1: "c_{k-1}", out: "c_{k}"} | {n_in + k: str(k) for k in range(n)}
+    fig, ax = plt.subplots(figsize=(1.9 * (1.15 * n + 2.8), 5.6))
     ax.set_aspect("equal")
-    for e, (op, src) in enumerate(cell):
-        dst = n_in + e // 2
-        (x0, y0), (x1, y1) = pos[src], pos[dst]
-        rad = 0.2 if (e % 2) else -0.2
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
-            arrowstyle="-|>", color=_op_colour(op), lw=1.6, shrinkA=16, shrinkB=16,
-            connectionstyle=f"arc3,rad={rad}"))
-        # midpoint of matplotlib's arc3 quadratic Bezier (equal aspect keeps data = display geometry)
-        mx, my = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0)
-        ax.text(mx, my, op, fontsize=8, ha="center", va="center", color=_op_colour(op),
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
-    for k in range(n):
-        (x0, y0), (x1, y1) = pos[n_in + k], pos[out]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="-|>", color="#bbbbbb", lw=1.0, shrinkA=16, shrinkB=16))
+    ax.set_xlim(-1.6, 1.15 * n + 2.0)
+    ax.set_ylim(-2.3, 2.3)
+    ax.axis("off")
+    ax.set_title(title)
+    ax.apply_aspect()  # fixes the axes' place, so data -> pixel below is the one drawn
+    renderer = fig.canvas.get_renderer()
+    nodes = []
     for node, (x, y) in pos.items():
         colour = "#a6d96a" if node < n_in else ("#fdae61" if node == out else "#abd9e9")
-        ax.text(x, y, labels[node], ha="center", va="center", fontsize=10,
-                bbox=dict(boxstyle="round,pad=0.4", fc=colour, ec="black"))
-    ax.set_xlim(-1.5, n + 1.9)
-    ax.set_ylim(-2.1, 2.1)
-    ax.set_title(title)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+        nodes.append(ax.text(x, y, names[node], ha="center", va="center", fontsize=10, zorder=3,
+                             bbox=dict(boxstyle="round,pad=0.4", fc=colour, ec="black")))
+    node_boxes = [t.get_window_extent(renderer) for t in nodes]
+    to_px = ax.transData.transform
+    edges = [(src, n_in + e // 2, op) for e, (op, src) in enumerate(cell)]
+    curves: list[np.ndarray] = [to_px(_bezier(pos[n_in + k], pos[out], 0.0)) for k in range(n)]  # to the output
+    chosen: list[tuple[float, float]] = []
+    # longer edges first: they have the fewest free places
+    order = sorted(range(len(edges)), key=lambda i: -abs(pos[edges[i][0]][0] - pos[edges[i][1]][0]))
+    rads = [0.0] * len(edges)
+    label_at: dict[int, tuple[float, float]] = {}
+    boxes: dict[int, object] = {}
+    for i in order:
+        src, dst, op = edges[i]
+        best = None
+        for rad in (0.2, -0.2, 0.35, -0.35, 0.1, -0.1, 0.5, -0.5):
+            pts = _bezier(pos[src], pos[dst], rad)
+            px = to_px(pts)
+            for t in (0.5, 0.4, 0.6, 0.3, 0.7, 0.25, 0.75):
+                x, y = pts[int(round(t * (len(pts) - 1)))]
+                text = ax.text(x, y, op, fontsize=8, ha="center", va="center")
+                box = text.get_window_extent(renderer)
+                text.remove()
+                cost = (10 * sum(box.overlaps(b) for b in list(boxes.values()) + node_boxes)
+                        + sum(_hits(box, c, 2.0) for c in curves)
+                        + sum(_hits(b, px[3:-3], 2.0) for b in list(boxes.values())))
+                if best is None or cost < best[0]:
+                    best = (cost, rad, (x, y), box, px)
+                if cost == 0:
+                    break
+            if best[0] == 0:
+                break
+        _, rads[i], label_at[i], boxes[i], px = best
+        curves.append(px)
+        chosen.append(label_at[i])
+    for i, (src, dst, op) in enumerate(edges):
+        ax.annotate("", xy=pos[dst], xytext=pos[src], zorder=1, arrowprops=dict(
+            arrowstyle="-|>", color=_op_colour(op), lw=1.6, shrinkA=16, shrinkB=16,
+            connectionstyle=f"arc3,rad={rads[i]}"))
+        ax.text(*label_at[i], op, fontsize=8, ha="center", va="center", color=_op_colour(op), zorder=2,
+                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+    for k in range(n):
+        ax.annotate("", xy=pos[out], xytext=pos[n_in + k], zorder=0,
+                    arrowprops=dict(arrowstyle="-|>", color="#bbbbbb", lw=1.0, shrinkA=16, shrinkB=16))
+    result = [boxes[i] for i in range(len(edges))]
+    if path is not None:
+        fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
     plt.close(fig)
+    return result
 
 
 def edge_labels(topology: Topology = DEFAULT_TOPOLOGY) -> list[str]:
