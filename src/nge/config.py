@@ -96,6 +96,7 @@ class RuntimeConfig:
     channels_last: bool = False
     progress: bool = True
     nonfinite: NonFinitePolicy = NonFinitePolicy.stop
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (needs the extra nge[tensorboard])
 
 
 # model.checkpoint: what the supernet recomputes in the backward pass: auto (early on the CPU, none
@@ -464,7 +465,8 @@ _VALIDATORS = {
 # seed, which fixes the split and the batch order, included) must match the run's checkpoint.
 # runtime.nonfinite only decides what happens at a non-finite step, which a finished epoch never had;
 # model.checkpoint only decides what is recomputed (the same numbers: tests/test_engine.py).
-RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite", "model.checkpoint")
+RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite", "runtime.tensorboard",
+                     "model.checkpoint")
 
 
 def validate(cfg: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -180,6 +181,18 @@ class SearchJob(Job):
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
         }
+
+
+    def tensorboard_epoch(self, writer, task: SearchTask, epoch: int) -> None:
+        writer.add_figure("P", viz.probs_figure(task.p_history[-1:], 1, first_epoch=epoch), epoch)
+
+    def tensorboard_end(self, writer, task: SearchTask, run: RunDir, epochs: int) -> None:
+        from PIL import Image
+
+        for cell in ("normal", "reduce"):  # the derived cells, as drawn in the run directory
+            image = np.asarray(Image.open(run.file(f"{cell}.png")).convert("RGB"))
+            writer.add_image(f"cells/{cell}", image, epochs, dataformats="HWC")
+        writer.add_text("genotype", task.genotype().to_json().replace("\n", "  \n"), epochs)
 
 
 def run_search(cfg: SearchRunConfig, out: Path, force: bool = False, resume: bool = False, log=print) -> dict | None:

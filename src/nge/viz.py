@@ -117,6 +117,14 @@ def edge_labels(topology: Topology = DEFAULT_TOPOLOGY) -> list[str]:
 def plot_probs_over_epochs(history: Sequence, path: Path, max_panels: int = 6,
                            primitives: Sequence[str] = PRIMITIVES) -> None:
     """Heatmaps of P (edges x ops) for both cell types at evenly spaced epochs (0 = initial)."""
+    fig = probs_figure(history, max_panels, primitives)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def probs_figure(history: Sequence, max_panels: int = 6, primitives: Sequence[str] = PRIMITIVES,
+                 first_epoch: int = 0):
+    """The figure of `plot_probs_over_epochs` (history[i] is P after epoch first_epoch + i)."""
     n = len(history)
     idx = sorted({round(i * (n - 1) / max(1, max_panels - 1)) for i in range(min(n, max_panels))})
     fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx) + 1, 9), squeeze=False,
@@ -128,13 +136,12 @@ def plot_probs_over_epochs(history: Sequence, path: Path, max_panels: int = 6,
             ax = axes[r][c]
             im = ax.imshow(p.numpy() if hasattr(p, "numpy") else p, vmin=0, vmax=top, cmap="viridis",
                            aspect="auto")
-            ax.set_title(f"{name}, epoch {e}", fontsize=9)
+            ax.set_title(f"{name}, epoch {first_epoch + e}", fontsize=9)
             ax.set_xticks(range(len(primitives)), [op.replace("_", " ") for op in primitives], rotation=90, fontsize=7)
             ax.set_yticks(range(len(edge_labels())), edge_labels() if c == 0 else [""] * len(edge_labels()),
                           fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.6, label="operation probability")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    return fig
 
 
 def plot_curves(metrics: Sequence[dict], path: Path) -> None:

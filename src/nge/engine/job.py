@@ -14,8 +14,9 @@ import torch
 
 from nge.config import RESUME_MAY_CHANGE, to_dict, to_yaml, validate
 from nge.engine.loop import EpochTask, fit
-from nge.engine.rundir import RunDir, check_resume
+from nge.engine.rundir import RunDir, check_resume, load_checkpoint
 from nge.engine.runtime import is_main, main_log, process_note, setup_runtime, world
+from nge.errors import NGEError
 
 
 class Job:
@@ -55,6 +56,29 @@ class Job:
     def resume_hint(self, run: RunDir) -> str:
         return f"nge {self.command} --resume --out {run.path} ..."
 
+    def tensorboard_epoch(self, writer: Any, task: EpochTask, epoch: int) -> None:
+        """Adds the job's own pictures for an epoch (the metrics are added for every job)."""
+
+    def tensorboard_end(self, writer: Any, task: EpochTask, run: RunDir, epochs: int) -> None:
+        """Adds the job's final pictures, after `finish`."""
+
+
+def _summary_writer(run: RunDir, resume: bool) -> Any:
+    """A TensorBoard writer for RUN/tensorboard; on resume the events after the checkpoint's epoch are
+    dropped (they belong to the part of the run that is replayed)."""
+    from torch.utils.tensorboard import SummaryWriter  # present: run_job checked before any work
+
+    purge = int(load_checkpoint(run.file(RunDir.CHECKPOINT))["epoch"]) + 1 if resume else None
+    return SummaryWriter(str(run.file("tensorboard")), purge_step=purge)
+
+
+def _tensorboard_available() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise NGEError("runtime.tensorboard=true needs the tensorboard package: pip install 'nge[tensorboard]' "
+                       "(or pip install tensorboard)") from None
+
 
 def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
             log: Callable[[str], None] = print) -> dict | None:
@@ -67,6 +91,8 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
         check_resume(out, to_dict(cfg), (job.epochs_key, *RESUME_MAY_CHANGE))
     job.prepare(Path(out), resume)
     r = cfg.runtime
+    if r.tensorboard:
+        _tensorboard_available()
     device = setup_runtime(r.seed, r.threads, r.device)
     task = job.build(device)
     run = RunDir.open(out, force, resume)
@@ -78,12 +104,24 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
         description = job.start(task, run)
     batch = cfg.data.batch_size
     log(f"nge {job.command}: {description}; device {device}{process_note(batch)}; -> {run.path}")
+    writer = _summary_writer(run, resume) if r.tensorboard and main else None
+
+    def on_epoch(row: dict) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                writer.add_scalar(key, value, row["epoch"])
+        job.tensorboard_epoch(writer, task, row["epoch"])
+        writer.flush()
+
     metrics = fit(task, job.epochs, run, config=to_dict(cfg), resume=resume, log=log, meta=job.meta(task),
-                  show_progress=r.progress, resume_hint=job.resume_hint(run))
+                  show_progress=r.progress, resume_hint=job.resume_hint(run), on_epoch=on_epoch if writer else None)
     if not main:
         return None
     summary = {"preset": cfg.preset, **job.finish(task, metrics, run, log), "epochs": len(metrics),
                "wall_seconds": round(sum(m["seconds"] for m in metrics), 2), "device": str(device),
                "processes": procs, "global_batch": procs * batch}
     run.write_json("summary.json", summary)
+    if writer:
+        job.tensorboard_end(writer, task, run, len(metrics))
+        writer.close()
     return summary

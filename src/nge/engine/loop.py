@@ -331,7 +331,7 @@ def _run_phase(p: Phase, meters: dict[str, Meter], pos: _Position, stop: _StopSi
 
 def fit(task: EpochTask, epochs: int, run: RunDir, *, config: dict | None = None, resume: bool = False,
         log: Callable[[str], None] | None = None, meta: dict | None = None, show_progress: bool = False,
-        resume_hint: str = "--resume") -> list[dict]:
+        resume_hint: str = "--resume", on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Run epochs [start, epochs) and return all metrics rows.
 
     A checkpoint (task state, metrics, RNG states, the position inside the epoch, `config` and
@@ -339,7 +339,7 @@ def fit(task: EpochTask, epochs: int, run: RunDir, *, config: dict | None = None
     resumed run continues exactly where the last one left off. `config` (the run's configuration as
     a dict) is what a later `check_resume` compares with; a checkpoint without one cannot be resumed
     through the CLI. A non-finite loss stops the run (NGEError) without writing a checkpoint, so the
-    last good one stays.
+    last good one stays. `on_epoch(row)` runs in the first process after each epoch's checkpoint.
     """
     pos = _restore(task, run, epochs) if resume else _Position()
     meta = {**({"config": config} if config is not None else {}), **(meta or {})}
@@ -370,6 +370,8 @@ def fit(task: EpochTask, epochs: int, run: RunDir, *, config: dict | None = None
                 run.write_jsonl("metrics.jsonl", pos.history)
                 if log:
                     log(_format_row(row, epochs))
+                if on_epoch:
+                    on_epoch(row)
             stopping = stop.received is not None
             if world()[1] > 1:  # every process stops if any was asked to
                 stopping = _any_process(stopping, task)
