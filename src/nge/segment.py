@@ -29,7 +29,6 @@ from nge.engine import (
     load_checkpoint,
     poly_lr,
     progress,
-    save_checkpoint,
     set_lr,
     sgd_step,
     single_process,
@@ -227,8 +226,7 @@ class SegmentJob(Job):
     def finish(self, task: SegmentTask, metrics: list[dict], run: RunDir, log) -> dict:
         if task.ious is None:  # resumed after the last epoch's validation was checkpointed
             task.validate()
-        save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, "config": to_dict(self.cfg),
-                         **self.meta(task)}, run.file("model.pt"))
+        self.save_weights(task, run, len(metrics))
         run.write_text("iou.md", iou_table(task.ious))
         plot_predictions(task, run.file("predictions.png"))
         viz.plot_curves(metrics, run.file("curves.png"))

@@ -27,7 +27,6 @@ from nge.engine import (
     data_parallel,
     evaluate,
     linear_lr,
-    save_checkpoint,
     set_lr,
     sgd_step,
     to_device,
@@ -203,8 +202,7 @@ class TrainJob(Job):
                 "num_classes": self.data.num_classes}
 
     def finish(self, task: TrainTask, metrics: list[dict], run: RunDir, log) -> dict:
-        save_checkpoint({"epoch": len(metrics), "task": {"net": task.net.state_dict()}, "config": to_dict(self.cfg),
-                         **self.meta(task)}, run.file("model.pt"))
+        self.save_weights(task, run, len(metrics))
         viz.plot_curves(metrics, run.file("curves.png"))
         last = metrics[-1]
         summary = {

@@ -15,7 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Topology  # noqa: E402
 
 
-def _op_colour(op: str) -> str:
+def _op_colour(op: str) -> tuple[float, ...] | str:
     """A colour per candidate op, by its position in `PRIMITIVES` (black for an unknown name)."""
     return matplotlib.colormaps["tab10"](PRIMITIVES.index(op) % 10) if op in PRIMITIVES else "black"
 
@@ -65,7 +65,6 @@ def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topol
     to_px = ax.transData.transform
     edges = [(src, n_in + e // 2, op) for e, (op, src) in enumerate(cell)]
     curves: list[np.ndarray] = [to_px(_bezier(pos[n_in + k], pos[out], 0.0)) for k in range(n)]  # to the output
-    chosen: list[tuple[float, float]] = []
     # longer edges first: they have the fewest free places
     order = sorted(range(len(edges)), key=lambda i: -abs(pos[edges[i][0]][0] - pos[edges[i][1]][0]))
     rads = [0.0] * len(edges)
@@ -93,7 +92,6 @@ def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topol
                 break
         _, rads[i], label_at[i], boxes[i], px = best
         curves.append(px)
-        chosen.append(label_at[i])
     for i, (src, dst, op) in enumerate(edges):
         ax.annotate("", xy=pos[dst], xytext=pos[src], zorder=1, arrowprops=dict(
             arrowstyle="-|>", color=_op_colour(op), lw=1.6, shrinkA=16, shrinkB=16,

@@ -14,7 +14,7 @@ import torch
 
 from nge.config import RESUME_MAY_CHANGE, to_dict, to_yaml, validate
 from nge.engine.loop import EpochTask, fit
-from nge.engine.rundir import RunDir, check_resume, load_checkpoint
+from nge.engine.rundir import RunDir, check_resume, save_checkpoint
 from nge.engine.runtime import is_main, main_log, process_note, setup_runtime, world
 from nge.errors import NGEError
 
@@ -53,6 +53,11 @@ class Job:
         """Writes the artifacts (main process only); returns the job's summary fields."""
         raise NotImplementedError
 
+    def save_weights(self, task: EpochTask, run: RunDir, epochs: int) -> None:
+        """model.pt: the final weights with the config and `meta`, what a later command rebuilds from."""
+        save_checkpoint({"epoch": epochs, "task": {"net": task.net.state_dict()}, "config": to_dict(self.cfg),
+                         **self.meta(task)}, run.file("model.pt"))
+
     def resume_hint(self, run: RunDir) -> str:
         return f"nge {self.command} --resume --out {run.path} ..."
 
@@ -63,13 +68,12 @@ class Job:
         """Adds the job's final pictures, after `finish`."""
 
 
-def _summary_writer(run: RunDir, resume: bool) -> Any:
+def _summary_writer(run: RunDir, resumed_at: int | None) -> Any:
     """A TensorBoard writer for RUN/tensorboard; on resume the events after the checkpoint's epoch are
     dropped (they belong to the part of the run that is replayed)."""
     from torch.utils.tensorboard import SummaryWriter  # present: run_job checked before any work
 
-    purge = int(load_checkpoint(run.file(RunDir.CHECKPOINT))["epoch"]) + 1 if resume else None
-    return SummaryWriter(str(run.file("tensorboard")), purge_step=purge)
+    return SummaryWriter(str(run.file("tensorboard")), purge_step=None if resumed_at is None else resumed_at + 1)
 
 
 def _tensorboard_available() -> None:
@@ -87,8 +91,7 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
     cfg = job.cfg
     validate(cfg)
     RunDir.check(out, force, resume)
-    if resume:
-        check_resume(out, to_dict(cfg), (job.epochs_key, *RESUME_MAY_CHANGE))
+    resumed_at = check_resume(out, to_dict(cfg), (job.epochs_key, *RESUME_MAY_CHANGE)) if resume else None
     job.prepare(Path(out), resume)
     r = cfg.runtime
     if r.tensorboard:
@@ -104,7 +107,7 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
         description = job.start(task, run)
     batch = cfg.data.batch_size
     log(f"nge {job.command}: {description}; device {device}{process_note(batch)}; -> {run.path}")
-    writer = _summary_writer(run, resume) if r.tensorboard and main else None
+    writer = _summary_writer(run, resumed_at) if r.tensorboard and main else None
 
     def on_epoch(row: dict) -> None:
         for key, value in row.items():

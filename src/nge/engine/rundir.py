@@ -128,12 +128,14 @@ class RunDir:
         atomic_write_text(self.file(name), "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
 
 
-def check_resume(path: Path, current: dict, may_differ: tuple[str, ...]) -> None:
-    """Before any work: the run's checkpoint must load and its configuration match `current`."""
+def check_resume(path: Path, current: dict, may_differ: tuple[str, ...]) -> int:
+    """Before any work: the run's checkpoint must load and its configuration match `current`.
+    Returns the number of epochs the checkpoint has finished."""
     ckpt = load_checkpoint(Path(path) / RunDir.CHECKPOINT)
     if "config" not in ckpt:
         raise NGEError(f"cannot resume {path}: its checkpoint records no configuration to check against")
     check_resume_config(ckpt["config"], current, may_differ)
+    return int(ckpt["epoch"])
 
 
 def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...]) -> None:
