@@ -39,8 +39,13 @@ class ArchParam(nn.Module):
         """Re-draw the layer that produces the logits at standard scale (`search.arch.init=normal`)."""
         raise NotImplementedError
 
+    def cell_logits(self) -> torch.Tensor:
+        """The logits whose softmax over ops is P: (2, n_edges, n_ops). A search strategy that samples
+        whole cells (`nge.strategies`) also reads each edge's weight from them."""
+        return scale_shared_offset(self.logits(), self.shared_offset)
+
     def forward(self) -> CellProbs:
-        p = F.softmax(scale_shared_offset(self.logits(), self.shared_offset), dim=-1)
+        p = F.softmax(self.cell_logits(), dim=-1)
         return CellProbs(p[0], p[1])
 
 

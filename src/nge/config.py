@@ -150,12 +150,44 @@ class ArchConfig:
     shared_offset: float = 1.0
 
 
+class Strategy(StrEnum):
+    gd = "gd"  # gradient descent on P through the mixed supernet (the paper's search)
+    rl = "rl"  # REINFORCE with the parameterisation as the policy over cells
+    ea = "ea"  # regularised evolution with mutations proposed by the parameterisation
+
+
+class MutationKind(StrEnum):
+    embedding = "embedding"  # drawn from the parameterisation's distributions, which learn from each child
+    uniform = "uniform"  # uniform slot, op and input (the baseline); the parameterisation is not used
+
+
+@dataclass
+class RLConfig:
+    """search.strategy=rl (nge.search.Reinforce)."""
+
+    entropy_weight: float = 1e-3  # beta: the bonus on the policy's entropy
+    baseline_decay: float = 0.9  # the reward baseline's moving-average decay
+
+
+@dataclass
+class EAConfig:
+    """search.strategy=ea (nge.search.Evolution): regularised evolution (Real et al. 2019)."""
+
+    population: int = 20
+    tournament: int = 5  # members drawn for each tournament
+    mutation: MutationKind = MutationKind.embedding
+    rank_batches: int = 4  # validation batches that re-measure every member's fitness at an epoch's end
+
+
 @dataclass
 class SearchConfig:
     epochs: int = 25
-    alternation: Alternation = Alternation.epoch
+    strategy: Strategy = Strategy.gd  # see nge.search.STRATEGIES and docs/paper.md section 6
+    alternation: Alternation = Alternation.epoch  # gd only
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    ea: EAConfig = field(default_factory=EAConfig)
 
 
 @dataclass
@@ -227,6 +259,11 @@ def _inert(cfg: Any) -> dict[str, str]:
             out["model.auxiliary_weight"] = "with model.auxiliary=false"
         if cfg.train.schedule == Schedule.linear:
             out["train.lr_min"] = "with train.schedule=linear (it decays to 0)"
+    if isinstance(cfg, SearchRunConfig):
+        s = cfg.search.strategy
+        for key, only in (("search.alternation", Strategy.gd), ("search.rl", Strategy.rl), ("search.ea", Strategy.ea)):
+            if s != only:
+                out[key] = f"with search.strategy={s} (only with search.strategy={only})"
     return out
 
 
@@ -292,6 +329,11 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(a.lr > 0 and a.weight_decay >= 0, "search.arch.lr must be > 0 and weight_decay >= 0")
     _check(0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "search.arch.beta1 and beta2 must be in [0, 1)")
     _check(0 <= a.shared_offset <= 1, f"search.arch.shared_offset must be in [0, 1], got {a.shared_offset}")
+    _check(s.rl.entropy_weight >= 0 and 0 <= s.rl.baseline_decay < 1,
+           "search.rl.entropy_weight must be >= 0 and search.rl.baseline_decay in [0, 1)")
+    e = s.ea
+    _check(e.population >= 2 and 1 <= e.tournament <= e.population and e.rank_batches >= 1,
+           "search.ea needs population >= 2, 1 <= tournament <= population and rank_batches >= 1")
 
 
 @dataclass

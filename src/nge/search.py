@@ -1,13 +1,14 @@
-"""The search loop (docs/paper.md section 3, Algorithm 1) as an EpochTask for the shared engine.
+"""The search (docs/paper.md section 3, Algorithm 1) as an EpochTask for the shared engine.
 
-Epoch-wise alternation (default): compute P once, train the weights w over every training batch
-with P fixed, then update the architecture parameterisation ("arch") over every validation batch,
-recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step per
-weight step.
+`SearchTask` holds the supernet, the architecture parameterisation ("arch", what produces P), their
+optimisers and the train/val split; a strategy from `STRATEGIES` decides each epoch's phases and
+the final genotype: `gd` (the paper's gradient search), `rl` or `ea` (`nge.strategies`).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,28 @@ from nge.engine import (
     world,
 )
 from nge.engine.job import Job, run_job
+from nge.errors import NGEError
 from nge.profile import count_params
 from nge.space import CellProbs, Genotype
+from nge.strategies import (
+    Population,
+    genotype_entropy,
+    genotype_log_prob,
+    mode_genotype,
+    mutate,
+    mutation_log_prob,
+    sample_genotype,
+    sample_mutation,
+    uniform_logits,
+)
 from nge.supernet import build_supernet
 from nge.telemetry import op_counts, probs_telemetry
 
 
 class SearchTask:
     def __init__(self, cfg: SearchRunConfig, data: Dataset, device: torch.device):
+        if cfg.search.strategy != "gd" and world()[1] > 1:
+            raise NGEError(f"search.strategy={cfg.search.strategy} runs in one process; start it without torchrun")
         self.cfg = cfg
         self.device = device
         self.net = build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
@@ -64,6 +79,7 @@ class SearchTask:
         self.train_loader = BatchLoader(train, augment=Augment(d.crop_pad, d.flip), drop_last=True, **common)
         self.val_loader = BatchLoader(val, drop_last=True, **common)
         self.p_history: list[CellProbs] = [self.probs()]
+        self.strategy = STRATEGIES[cfg.search.strategy](self)
 
     @torch.no_grad()
     def probs(self) -> CellProbs:
@@ -97,30 +113,13 @@ class SearchTask:
         set_lr(self.weight_opt, self.lr)
         self.train_loader.set_epoch(epoch)
         self.val_loader.set_epoch(epoch)
-        if s.alternation == "epoch":
-            # P is computed once; the parameterisation does not change during the weight phase, so a
-            # resumed epoch recomputes the same P.
-            with torch.no_grad():
-                probs = self.arch().detach()
-            return [
-                Phase("weights", self.train_loader, lambda b, m: self.weight_step(*b, probs, m["train"])),
-                Phase("arch", self.val_loader, lambda b, m: self.arch_step(*b, m["val"])),
-            ]
-
-        def alternate(batch, meters: dict[str, Meter]) -> None:
-            (xt, yt), (xv, yv) = batch
-            self.arch_step(xv, yv, meters["val"])
-            with torch.no_grad():
-                probs = self.arch().detach()
-            self.weight_step(xt, yt, probs, meters["train"])
-
-        return [Phase("alternating", Zipped(self.train_loader, self.val_loader), alternate)]
+        return self.strategy.phases(epoch)
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         self.p_history.append(self.probs())
         check_same_everywhere(torch.cat([p.flatten() for p in self.p_history[-1]]), "P")
         return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr,
-                **probs_telemetry(*self.p_history[-1])}
+                **probs_telemetry(*self.p_history[-1]), **self.strategy.end_epoch()}
 
     def state_dict(self) -> dict:
         return {
@@ -129,6 +128,7 @@ class SearchTask:
             "weight_opt": self.weight_opt.state_dict(),
             "arch_opt": self.arch_opt.state_dict(),
             "p_history": [[p.normal, p.reduce] for p in self.p_history],
+            "strategy": self.strategy.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -137,10 +137,204 @@ class SearchTask:
         self.weight_opt.load_state_dict(state["weight_opt"])
         self.arch_opt.load_state_dict(state["arch_opt"])
         self.p_history = [CellProbs(n, r) for n, r in state["p_history"]]
+        self.strategy.load_state_dict(state["strategy"])
 
     def genotype(self) -> Genotype:
-        p = self.p_history[-1]
+        return self.strategy.genotype()
+
+    # ------------------------------------------------------------------ single-path steps (rl, ea)
+
+    def path_weight_step(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter) -> None:
+        """Update w on a training batch through the one cell `genotype` (the other weights get no gradient)."""
+        self.net.train()
+        with autocast(self.device, self.cfg.runtime.amp):
+            logits = self.net.forward_path(x, genotype)
+        loss = F.cross_entropy(logits.float(), y)
+        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+            meter.update(loss, logits, y)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter | None = None) -> float:
+        """The accuracy of `genotype` on a batch with the shared weights (batch statistics, as in training)."""
+        self.net.train()
+        with autocast(self.device, self.cfg.runtime.amp):
+            logits = self.net.forward_path(x, genotype).float()
+        if meter is not None:
+            meter.update(F.cross_entropy(logits, y), logits, y)
+        return float((logits.argmax(1) == y).float().mean())
+
+    def arch_update(self, loss: torch.Tensor) -> None:
+        sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
+
+
+# ---------------------------------------------------------------------------- strategies
+
+
+class Gradient:
+    """gd: the paper's search. Epoch-wise alternation (default): compute P once, train w over every
+    training batch with P fixed, then update the parameterisation over every validation batch,
+    recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step
+    per weight step. The genotype is derived from the last P (`nge.derive`)."""
+
+    def __init__(self, task: SearchTask):
+        self.task = task
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+        if t.cfg.search.alternation == "epoch":
+            # P is computed once; the parameterisation does not change during the weight phase, so a
+            # resumed epoch recomputes the same P.
+            with torch.no_grad():
+                probs = t.arch().detach()
+            return [
+                Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"])),
+                Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"])),
+            ]
+
+        def alternate(batch, meters: dict[str, Meter]) -> None:
+            (xt, yt), (xv, yv) = batch
+            t.arch_step(xv, yv, meters["val"])
+            with torch.no_grad():
+                probs = t.arch().detach()
+            t.weight_step(xt, yt, probs, meters["train"])
+
+        return [Phase("alternating", Zipped(t.train_loader, t.val_loader), alternate)]
+
+    def end_epoch(self) -> dict[str, float]:
+        return {}
+
+    def genotype(self) -> Genotype:
+        p = self.task.p_history[-1]
         return derive(p.normal, p.reduce)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class _Sampling:
+    """Shared by rl and ea: single-path weight training on uniform draws (module docstring), and
+    the arch phase's own generator. Subclasses supply `arch_step(x, y, meter)`."""
+
+    def __init__(self, task: SearchTask):
+        self.task = task
+        seed = task.cfg.runtime.seed
+        self.path_gen = torch.Generator().manual_seed(seed)  # the weights' uniform cells
+        self.gen = torch.Generator().manual_seed(seed + 1)  # the strategy's own draws
+        self.uniform = uniform_logits()
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+
+        def weight_step(batch, meters: dict[str, Meter]) -> None:
+            t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
+
+        return [Phase("weights", t.train_loader, weight_step),
+                Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
+
+    def logits(self) -> torch.Tensor:
+        return self.task.arch.cell_logits().float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"path_gen": self.path_gen.get_state(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.path_gen.set_state(state["path_gen"])
+        self.gen.set_state(state["gen"])
+
+
+class Reinforce(_Sampling):
+    """rl: each validation step samples one cell from pi, rewards it with its accuracy on the batch
+    (shared weights), and takes an Adam step on -(R - b) log pi(cell) - beta H(pi), with b the
+    moving average of the rewards (started at the first reward). The genotype is pi's mode."""
+
+    def __init__(self, task: SearchTask):
+        super().__init__(task)
+        self.baseline: float | None = None
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t, rl = self.task, self.task.cfg.search.rl
+        logits = self.logits()
+        g = sample_genotype(logits, self.gen)
+        reward = t.accuracy(x, y, g, meter)
+        if self.baseline is None:
+            self.baseline = reward
+        t.arch_update(-(reward - self.baseline) * genotype_log_prob(logits, g) - rl.entropy_weight * genotype_entropy(logits))
+        self.baseline = rl.baseline_decay * self.baseline + (1 - rl.baseline_decay) * reward
+
+    def end_epoch(self) -> dict[str, float]:
+        with torch.no_grad():
+            h = float(genotype_entropy(self.logits()))
+        return {"rl_baseline": self.baseline if self.baseline is not None else float("nan"), "policy_entropy": h}
+
+    def genotype(self) -> Genotype:
+        with torch.no_grad():
+            return mode_genotype(self.logits())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.baseline = state["baseline"]
+
+
+class Evolution(_Sampling):
+    """ea: regularised evolution. While the population is not full, each validation step adds a
+    uniform random cell with its accuracy on the batch as fitness. Then each step: a tournament
+    picks a parent, a mutation drawn from the embedding's distributions (or uniformly, with
+    `search.ea.mutation=uniform`) makes a child, child and parent are measured on the same batch,
+    the child joins with its accuracy and the oldest member dies. The embedding takes an Adam step
+    on -(acc_child - acc_parent) log q(mutation): mutations that beat their parent become likelier.
+    At each epoch's end every member's fitness is re-measured on the epoch's first
+    `search.ea.rank_batches` validation batches with the final weights; the genotype is the member
+    fittest by that measure (ties: the youngest)."""
+
+    def __init__(self, task: SearchTask):
+        super().__init__(task)
+        ea = task.cfg.search.ea
+        self.population = Population(ea.population, ea.tournament)
+        self.learn = ea.mutation == "embedding"
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t = self.task
+        if not self.population.full():
+            g = sample_genotype(self.uniform, self.gen)
+            self.population.add(g, t.accuracy(x, y, g, meter))
+            return
+        parent = self.population.select(self.gen)
+        logits = self.logits() if self.learn else self.uniform
+        m = sample_mutation(logits, parent, self.gen)
+        child = mutate(parent, m)
+        fitness = t.accuracy(x, y, child, meter)
+        if self.learn:
+            t.arch_update(-(fitness - t.accuracy(x, y, parent)) * mutation_log_prob(logits, parent, m))
+        self.population.add(child, fitness)
+
+    def end_epoch(self) -> dict[str, float]:
+        t, n = self.task, self.task.cfg.search.ea.rank_batches
+        batches = list(itertools.islice(t.val_loader.batches_from(0), n))
+        members = self.population.members
+        for i, (g, _) in enumerate(members):
+            members[i] = (g, sum(t.accuracy(x, y, g) * len(y) for x, y in batches) / sum(len(y) for _, y in batches))
+        fitness = [f for _, f in members]
+        return {"ea_best_fitness": max(fitness), "ea_mean_fitness": sum(fitness) / len(fitness)}
+
+    def genotype(self) -> Genotype:
+        return self.population.best()[0]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "population": self.population.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.population.load_state_dict(state["population"])
+
+
+# The one table of search strategies: config name -> class (docs/paper.md section 6).
+STRATEGIES = {"gd": Gradient, "rl": Reinforce, "ea": Evolution}
 
 
 class SearchJob(Job):
@@ -171,8 +365,11 @@ class SearchJob(Job):
         counts = {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)}
         line = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in counts[c].items()) for c in counts)
         log(f"genotype written to {run.file('genotype.json')} ({line}); final val acc {last.get('val_acc')}")
+        if isinstance(task.strategy, Evolution):
+            run.write_text("population.json", json.dumps(task.strategy.population.state_dict(), indent=1) + "\n")
         return {
             "arch": str(self.cfg.search.arch.name),
+            "strategy": str(self.cfg.search.strategy),
             "params": count_params(task.net),
             "arch_params": count_params(task.arch),
             "genotype": genotype.to_dict(),
