@@ -80,6 +80,9 @@ def test_a_config_changed_after_loading_is_validated_again():
         ("search", ["data.name=fashion_mnist", "data.synthetic.n_train=9"], "data.synthetic.n_train"),
         ("search", ["data.root=/x"], "data.root has no effect with data.name=synthetic"),
         ("train", ["data.name=imagenet", "model.stem_multiplier=2"], "model.stem_multiplier"),
+        ("search", ["search.ea.population=5"], "search.ea.population has no effect with search.strategy=gd"),
+        ("search", ["search.strategy=rl", "search.alternation=batch"], "search.alternation has no effect"),
+        ("search", ["search.strategy=ea", "search.rl.entropy_weight=0"], "search.rl.entropy_weight has no effect"),
     ],
 )
 def test_keys_that_would_be_ignored_are_refused(kind, overrides, fragment):

@@ -258,3 +258,41 @@ def test_sampling_strategies_refuse_torchrun(monkeypatch, search_task):
     monkeypatch.setattr(search_module, "world", lambda: (0, 2))
     with pytest.raises(NGEError, match="search.strategy=rl runs in one process"):
         search_task("search.strategy=rl")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["search.strategy=ea", "search.ea.tournament=30"], "tournament <= population"),
+    (["search.strategy=ea", "search.ea.population=1"], "population >= 2"),
+    (["search.strategy=rl", "search.rl.baseline_decay=1"], "baseline_decay in [0, 1)"),
+    (["search.strategy=sa"], "search.strategy"),
+])
+def test_bad_strategy_settings_are_one_line(overrides, fragment):
+    from nge.config import SearchRunConfig, load_config
+
+    with pytest.raises(NGEError) as e:
+        load_config(SearchRunConfig, "search", "smoke", overrides)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_rl_and_ea_through_the_cli(tmp_path, capsys):
+    import json
+
+    from nge.cli import main
+
+    for strategy, extra in (("rl", []), ("ea", ["search.ea.population=4", "search.ea.tournament=2"])):
+        out = tmp_path / strategy
+        assert main(["search", "--preset", "smoke", "--out", str(out), "runtime.progress=false",
+                     f"search.strategy={strategy}", *extra]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        genotype = Genotype.load(out / "genotype.json")
+        assert summary["strategy"] == strategy and summary["genotype"] == genotype.to_dict()
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2]
+        if strategy == "ea":
+            members = json.loads((out / "population.json").read_text())
+            assert len(members) == 4 and rows[-1]["ea_best_fitness"] == max(m["fitness"] for m in members)
+            best = max(range(4), key=lambda i: (members[i]["fitness"], i))
+            assert members[best]["genotype"] == genotype.to_dict()
+        else:
+            assert 0 <= rows[-1]["rl_baseline"] <= 1 and rows[-1]["policy_entropy"] > 0
