@@ -2,7 +2,7 @@
 
 Each command has its own schema with only the keys it reads. `load_config` merges schema defaults,
 a preset and overrides; OmegaConf checks keys and types, the schema's validator checks values, and
-an override that has no effect in this run (e.g. `data.workers` without `data.name=imagenet`) is
+an override that has no effect in this run (e.g. `data.resize` without `data.name=imagenet`) is
 refused.
 Every failure is an NGEError with a one-line message.
 """
