@@ -136,10 +136,10 @@ def _configs(s: argparse.Namespace, kinds: set[str]) -> dict[str, Any]:
 
 
 def _synthetic(cfg, n_train: int):
-    from nge.config import to_dict
-    from nge.data import input_shape, make_synthetic
+    from nge.data import make_synthetic
+    from nge.profile import input_of
 
-    channels, size, classes = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
+    channels, size, classes = input_of(cfg)
     return make_synthetic(n_train=n_train, n_test=1, num_classes=classes, channels=channels, size=size)
 
 

@@ -61,15 +61,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Writes a tiny synthetic data set in a real on-disk layout (for the smoke presets)."""
-    from nge.data import write_synthetic_imagefolder, write_synthetic_voc
+    from nge.data import write_synthetic_folder, write_synthetic_imagefolder, write_synthetic_voc
 
     out = Path(args.dir)
     if not 0 <= args.seed < 2**31:
         raise NGEError(f"--seed must be in [0, 2^31), got {args.seed}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise NGEError(f"{out} already exists and is not empty; choose a new folder")
+    if args.gray and args.layout != "folder":
+        raise NGEError("--gray is for nge synth folder only")
     if args.layout == "imagenet":
         write_synthetic_imagefolder(out, seed=args.seed)
+    elif args.layout == "folder":
+        write_synthetic_folder(out, seed=args.seed, gray=args.gray)
     else:
         write_synthetic_voc(out, seed=args.seed, aug=True)
     _log(f"wrote a synthetic {args.layout} layout to {out}")
@@ -142,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(g, "segment", "config overrides, e.g. data.root=DIR")
     g.set_defaults(func=cmd_segment)
 
-    y = sub.add_parser("synth", help="write a tiny synthetic data set in the ImageNet or VOC on-disk layout")
-    y.add_argument("layout", choices=["imagenet", "voc"])
+    y = sub.add_parser("synth", help="write a tiny synthetic data set in the ImageNet, folder or VOC on-disk layout")
+    y.add_argument("layout", choices=["imagenet", "folder", "voc"])
     y.add_argument("dir", help="a new folder")
     y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--gray", action="store_true", help="grayscale images (folder only)")
     y.set_defaults(func=cmd_synth)
 
     a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")

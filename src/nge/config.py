@@ -2,7 +2,7 @@
 
 Each command has its own schema with only the keys it reads. `load_config` merges schema defaults,
 a preset and overrides; OmegaConf checks keys and types, the schema's validator checks values, and
-an override that has no effect in this run (e.g. `data.workers` without `data.name=imagenet`) is
+an override that has no effect in this run (e.g. `data.resize` without `data.name=imagenet`) is
 refused.
 Every failure is an NGEError with a one-line message.
 """
@@ -28,6 +28,7 @@ class DataName(StrEnum):
     cifar10 = "cifar10"
     cifar100 = "cifar100"
     imagenet = "imagenet"  # ImageFolder layout, decoded by DataLoader workers (training only)
+    folder = "folder"  # the user's own images: root/train/<class>/*, root/test/<class>/* (nge.data.folder)
     synthetic = "synthetic"
 
 
@@ -52,6 +53,9 @@ class NonFinitePolicy(StrEnum):
     skip = "skip"  # skip the update of a step whose loss or gradient is not finite
 
 
+IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
+
+
 @dataclass
 class SyntheticConfig:
     n_train: int = 512
@@ -63,7 +67,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    """Data keys common to search and training (in-memory data sets)."""
+    """Data keys common to search and training."""
 
     name: DataName = DataName.fashion_mnist
     root: str | None = None  # None: the default location where one exists (Fashion-MNIST); unused for synthetic
@@ -72,6 +76,10 @@ class DataConfig:
     crop_pad: int = 4
     flip: bool = True
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # data.name=synthetic only
+    # imagenet and folder only. None: 224 for imagenet; for folder the shorter side of the first
+    # training image (sorted class folders, then sorted file names)
+    image_size: int | None = None
+    channels: int | None = None  # folder only: 1 or 3; None: 1 if every training image is grayscale, else 3
 
 
 @dataclass
@@ -82,8 +90,7 @@ class SearchDataConfig(DataConfig):
 @dataclass
 class TrainDataConfig(DataConfig):
     cutout: int = 0  # cutout square side in pixels; 0 disables
-    workers: int = 4  # DataLoader processes decoding images (data.name=imagenet only)
-    image_size: int = 224  # training crop and test centre crop (data.name=imagenet only)
+    workers: int = 4  # DataLoader processes decoding images (imagenet, and a folder set too large for memory)
     resize: int = 256  # shorter side before the test centre crop (data.name=imagenet only)
 
 
@@ -249,10 +256,15 @@ def _inert(cfg: Any) -> dict[str, str]:
             out["data.synthetic"] = f"with data.name={d.name} (only with data.name=synthetic)"
         else:
             out["data.root"] = "with data.name=synthetic"
+        if d.name not in (DataName.imagenet, DataName.folder):
+            out["data.image_size"] = f"with data.name={d.name} (only with data.name=imagenet or folder)"
+        if d.name != DataName.folder:
+            out["data.channels"] = f"with data.name={d.name} (only with data.name=folder)"
     if isinstance(d, TrainDataConfig):
+        if d.name not in (DataName.imagenet, DataName.folder):
+            out["data.workers"] = f"with data.name={d.name} (only with data.name=imagenet or folder)"
         if d.name != DataName.imagenet:
-            for key in ("workers", "image_size", "resize"):
-                out[f"data.{key}"] = f"with data.name={d.name} (only with data.name=imagenet)"
+            out["data.resize"] = f"with data.name={d.name} (only with data.name=imagenet)"
         else:
             out["model.stem_multiplier"] = "with data.name=imagenet (the ImageNet network has its own stem)"
         if not cfg.model.auxiliary:
@@ -303,6 +315,10 @@ def _validate_data(d: DataConfig) -> None:
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
     _check(d.crop_pad >= 0, f"data.crop_pad must be >= 0, got {d.crop_pad}")
+    _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 or null, got {d.image_size}")
+    _check(d.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {d.channels}")
+    _check(d.name != DataName.folder or d.root is not None,
+           "data.name=folder needs data.root=DIR (a folder holding train/<class>/ and test/<class>/)")
     s = d.synthetic
     _check(min(s.n_train, s.n_test, s.channels, s.size) >= 1 and s.num_classes >= 2,
            "data.synthetic sizes must be positive with at least 2 classes")
@@ -390,7 +406,8 @@ def _validate_train(cfg: TrainRunConfig) -> None:
         _check(d.crop_pad == 0 and d.cutout == 0 and d.flip,
                "imagenet training always flips and takes random-resized crops: data.flip=true, data.crop_pad=0, data.cutout=0")
         _check(d.workers >= 0, f"data.workers must be >= 0, got {d.workers}")
-        _check(8 <= d.image_size <= d.resize, f"data.image_size must be >= 8 and <= data.resize, got {d.image_size}, {d.resize}")
+        size = d.image_size or IMAGENET_SIZE
+        _check(size <= d.resize, f"data.image_size must be <= data.resize, got {size}, {d.resize}")
 
 
 RANDOM_ROW = "random"  # the ablation row whose cells are drawn uniformly instead of searched

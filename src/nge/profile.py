@@ -46,14 +46,12 @@ def profile_network(net: nn.Module, in_channels: int, size: int) -> dict[str, in
 
 
 def input_of(cfg: Any) -> tuple[int, int, int]:
-    """(channels, size, classes) of a config's data, known without reading it."""
+    """(channels, size, classes) of a config's data, known without decoding it."""
     from nge.config import to_dict
     from nge.data import input_shape
 
-    channels, size, classes = input_shape(cfg.data.name, to_dict(cfg.data)["synthetic"])
-    if cfg.data.name == "imagenet":
-        size = cfg.data.image_size
-    return channels, size, classes
+    d = to_dict(cfg.data)
+    return input_shape(d["name"], d["synthetic"], d["root"], d["image_size"], d["channels"])
 
 
 def profile_eval_preset(cfg: Any, genotype: Any) -> dict[str, Any]:

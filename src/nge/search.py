@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from nge import viz
 from nge.arch import ArchParam, build_arch
 from nge.config import SearchRunConfig, to_dict
-from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, split_train_val
+from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, load_folder, scan_folder, split_train_val
 from nge.derive import derive
 from nge.engine import (
     Meter,
@@ -343,7 +343,11 @@ class SearchJob(Job):
 
     def build(self, device: torch.device) -> SearchTask:
         d = self.cfg.data
-        self.data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
+        if d.name == "folder":  # train/ only, decoded into memory
+            folder = scan_folder(d.root, test=False, image_size=d.image_size, channels=d.channels)
+            self.data = load_folder(folder, d.limit, self.cfg.runtime.seed)
+        else:
+            self.data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
         return SearchTask(self.cfg, self.data, device)
 
     def start(self, task: SearchTask, run: RunDir) -> str:
@@ -377,6 +381,7 @@ class SearchJob(Job):
             "telemetry": probs_telemetry(*task.p_history[-1]),
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
+            **({"classes": list(self.data.classes)} if self.data.classes else {}),
         }
 
 

@@ -16,8 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from nge import viz
-from nge.config import TrainRunConfig, to_dict
-from nge.data import Augment, BatchLoader, Dataset, describe, imagenet_loader, load_dataset
+from nge.config import IMAGENET_SIZE, TrainRunConfig, to_dict
+from nge.data import (
+    Augment,
+    BatchLoader,
+    Dataset,
+    describe,
+    folder_loader,
+    imagenet_loader,
+    load_dataset,
+    load_folder,
+    scan_folder,
+)
+from nge.data.folder import MEMORY_LIMIT, ImageFolder
+from nge.data.sets import class_names
 from nge.engine import (
     Meter,
     Phase,
@@ -51,6 +63,7 @@ class TrainData:
     image_size: int
     description: str
     n_train: int
+    classes: tuple[str, ...] = ()  # class names, where the data has them
 
 
 def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> TrainData:
@@ -67,29 +80,45 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
                     **common),
         # test batches of at least 256 images in all, split over the processes
         BatchLoader(data.test, -(-max(d.batch_size, 256) // world()[1]), **common),
-        data.in_channels, data.num_classes, data.image_size, describe(data), len(train),
+        data.in_channels, data.num_classes, data.image_size, describe(data), len(train), data.classes,
     )
 
 
-def folder_data(cfg: TrainRunConfig) -> TrainData:
+def imagenet_data(cfg: TrainRunConfig) -> TrainData:
     """ImageNet in its ImageFolder layout, decoded and augmented by DataLoader workers."""
     d, seed = cfg.data, cfg.runtime.seed
     if d.root is None:
         raise NGEError("data.name=imagenet needs data.root=DIR (a folder holding train/<class>/ and val/<class>/)")
-    common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, size=d.image_size, resize=d.resize,
-                  shard=world())
+    size = d.image_size or IMAGENET_SIZE
+    common = dict(batch_size=d.batch_size, workers=d.workers, seed=seed, size=size, resize=d.resize, shard=world())
     train = imagenet_loader(d.root, "train", train=True, limit=d.limit, **common)
     test = imagenet_loader(d.root, "val", train=False, **common)
     n = len(train.indices)
     desc = (f"imagenet {d.root}: {n} train / {len(test.dataset)} val images, {train.num_classes} classes, "
-            f"{d.image_size}x{d.image_size} crops, {d.workers} workers")
-    return TrainData(train, test, 3, train.num_classes, d.image_size, desc, n)
+            f"{size}x{size} crops, {d.workers} workers")
+    return TrainData(train, test, 3, train.num_classes, size, desc, n)
+
+
+def stream_data(cfg: TrainRunConfig, f: ImageFolder) -> TrainData:
+    """A folder set too large for memory, decoded and augmented (as tensor_data's) by DataLoader workers."""
+    d = cfg.data
+    common = dict(batch_size=d.batch_size, workers=d.workers, seed=cfg.runtime.seed, shard=world())
+    train = folder_loader(f, "train", Augment(d.crop_pad, d.flip, d.cutout), limit=d.limit, **common)
+    test = folder_loader(f, "test", Augment(), **common)
+    n = len(train.indices)
+    desc = (f"folder {f.root}: {n} train / {len(f.test)} test images, {f.channels}x{f.size}x{f.size}, "
+            f"{len(f.classes)} classes ({class_names(f.classes)}); over {MEMORY_LIMIT // 2**20} MB decoded, "
+            f"so streamed by {d.workers} workers")
+    return TrainData(train, test, f.channels, len(f.classes), f.size, desc, n, tuple(f.classes))
 
 
 def load_train_data(cfg: TrainRunConfig, device: torch.device) -> TrainData:
-    d = cfg.data
+    d, seed = cfg.data, cfg.runtime.seed
     if d.name == "imagenet":
-        return folder_data(cfg)
+        return imagenet_data(cfg)
+    if d.name == "folder":
+        f = scan_folder(d.root, test=True, image_size=d.image_size, channels=d.channels)
+        return tensor_data(cfg, load_folder(f, d.limit, seed), device) if f.fits(d.limit) else stream_data(cfg, f)
     return tensor_data(cfg, load_dataset(d.name, d.root, to_dict(d)["synthetic"]), device)
 
 
@@ -199,7 +228,7 @@ class TrainJob(Job):
 
     def meta(self, task: TrainTask) -> dict:
         return {"genotype": self.genotype.to_dict(), "in_channels": self.data.in_channels,
-                "num_classes": self.data.num_classes}
+                "num_classes": self.data.num_classes, **({"classes": list(self.data.classes)} if self.data.classes else {})}
 
     def finish(self, task: TrainTask, metrics: list[dict], run: RunDir, log) -> dict:
         self.save_weights(task, run, len(metrics))
@@ -212,6 +241,7 @@ class TrainJob(Job):
             **({"final_test_top5": last["test_top5"]} if "test_top5" in last else {}),
             "best_test_acc": max(m["test_acc"] for m in metrics),
             "final_train_acc": last.get("train_acc"),
+            **({"classes": list(self.data.classes)} if self.data.classes else {}),
         }
         log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
             f"weights in {run.file('model.pt')}")

@@ -5,11 +5,13 @@
     transforms  Pillow decoding and the ImageNet augmentation
     loader      ImageLoader: DataLoader workers for large images
     imagenet    the ImageFolder layout and its loader
+    folder      the user's own images in the ImageFolder layout: in memory, or streamed when large
     voc         PASCAL VOC 2012 segmentation: classes, colours, data set, loader
     synthetic   tiny synthetic data sets in the ImageFolder and VOC layouts
 """
 
 from nge.data.batches import Augment, BatchLoader, cutout, random_crop, random_flip
+from nge.data.folder import folder_loader, load_folder, scan_folder
 from nge.data.imagenet import imagenet_loader
 from nge.data.sets import (
     Dataset,
@@ -24,11 +26,12 @@ from nge.data.sets import (
     split_train_val,
     write_cifar_batch,
 )
-from nge.data.synthetic import write_synthetic_imagefolder, write_synthetic_voc
+from nge.data.synthetic import write_synthetic_folder, write_synthetic_imagefolder, write_synthetic_voc
 from nge.data.voc import voc_loader
 
 __all__ = [
-    "Augment", "BatchLoader", "Dataset", "ImageSet", "cutout", "describe", "imagenet_loader", "input_shape",
-    "load_cifar", "load_dataset", "load_fashion_mnist", "make_synthetic", "random_crop", "random_flip", "read_idx",
-    "split_train_val", "voc_loader", "write_cifar_batch", "write_synthetic_imagefolder", "write_synthetic_voc",
+    "Augment", "BatchLoader", "Dataset", "ImageSet", "cutout", "describe", "folder_loader", "imagenet_loader",
+    "input_shape", "load_cifar", "load_dataset", "load_fashion_mnist", "load_folder", "make_synthetic", "random_crop",
+    "random_flip", "read_idx", "scan_folder", "split_train_val", "voc_loader", "write_cifar_batch",
+    "write_synthetic_folder", "write_synthetic_imagefolder", "write_synthetic_voc",
 ]

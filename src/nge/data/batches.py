@@ -54,6 +54,22 @@ def cutout(x: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
     return x.masked_fill(hole[:, None], 0)
 
 
+def augment_batch(x: torch.Tensor, a: Augment, mean: torch.Tensor, std: torch.Tensor,
+                  g: torch.Generator) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float, normalised ((x - mean) / std with both in pixel units,
+    shaped (1, C, 1, 1)) and augmented: random crop and flip on raw pixels (so padding is black as
+    in the usual pipeline), then cutout."""
+    x = x.float()
+    if a.crop_pad:
+        x = random_crop(x, a.crop_pad, g)
+    if a.flip:
+        x = random_flip(x, g)
+    x = (x - mean) / std
+    if a.cutout:
+        x = cutout(x, a.cutout, g)
+    return x
+
+
 class BatchLoader:
     """Iterates (x, y) batches of a device-resident ImageSet.
 
@@ -119,15 +135,7 @@ class BatchLoader:
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             idx = order[sl] if order is not None else sl
-            x = self.x[idx].float()
-            a = self.augment
-            if a.crop_pad:  # on raw pixels, so padding is black as in the usual pipeline
-                x = random_crop(x, a.crop_pad, g)
-            if a.flip:
-                x = random_flip(x, g)
-            x = (x - self.mean) / self.std
-            if a.cutout:
-                x = cutout(x, a.cutout, g)
+            x = augment_batch(self.x[idx], self.augment, self.mean, self.std, g)
             y = self.y[idx]
             if self.world > 1:
                 mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)

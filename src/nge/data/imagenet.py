@@ -1,5 +1,6 @@
 """ImageNet-style classification in the ImageFolder layout (`root/{train,val}/<class>/*.JPEG`), decoded
 and augmented in DataLoader workers. Bad files raise a one-line NGEError naming the file.
+`scan_image_folder` checks the layout for `data.name=folder` too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,35 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
+def scan_image_folder(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The classes (sorted folder names of `root/train`) and the sorted (file, label)
+    samples of `root/<split>`, whose class folders must be the same; every class folder must hold
+    images. Every failure is a one-line NGEError naming the path."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise NGEError(f"image folder data set root {root} does not exist")
+    train_dir, split_dir = root / "train", root / split
+    for d in (train_dir, split_dir):
+        if not d.is_dir():
+            raise NGEError(f"missing folder {d} (expected {root}/train/<class>/ and {root}/{split}/<class>/)")
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise NGEError(f"no class folders in {train_dir}")
+    if split_dir != train_dir:
+        found = _class_dirs(split_dir)
+        if found != classes:
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            raise NGEError(f"class folders of {split_dir} differ from {train_dir}: missing {missing[:5]}, extra {extra[:5]}")
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files = _images_in(split_dir / name)
+        if not files:
+            raise NGEError(f"class folder {split_dir / name} holds no .jpeg/.jpg/.png images")
+        samples += [(f, label) for f in files]
+    return classes, samples
+
+
 class ImageFolderSet(Dataset):
     """`root/<split>/<class>/*.{JPEG,jpg,png}`; the classes are the sorted folder names of `root/train`.
 
@@ -29,33 +59,10 @@ class ImageFolderSet(Dataset):
     """
 
     def __init__(self, root: str | Path, split: str, train: bool, size: int = 224, resize: int = 256, seed: int = 0):
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            raise NGEError(f"image folder data set root {root} does not exist")
         if size < 1 or resize < size:
             raise NGEError(f"image size {size} and resize {resize} need 1 <= size <= resize")
-        train_dir, split_dir = root / "train", root / split
-        for d in (train_dir, split_dir):
-            if not d.is_dir():
-                raise NGEError(f"missing folder {d} (expected {root}/train/<class>/ and {root}/val/<class>/)")
-        self.classes = _class_dirs(train_dir)
-        if not self.classes:
-            raise NGEError(f"no class folders in {train_dir}")
-        if split_dir != train_dir:
-            found = _class_dirs(split_dir)
-            if found != self.classes:
-                missing = sorted(set(self.classes) - set(found))
-                extra = sorted(set(found) - set(self.classes))
-                raise NGEError(
-                    f"class folders of {split_dir} differ from {train_dir}: missing {missing[:5]}, extra {extra[:5]}"
-                )
-        self.samples: list[tuple[Path, int]] = []
-        for label, name in enumerate(self.classes):
-            files = _images_in(split_dir / name)
-            if not files:
-                raise NGEError(f"class folder {split_dir / name} holds no .jpeg/.jpg/.png images")
-            self.samples += [(f, label) for f in files]
-        self.root, self.split, self.train = root, split, train
+        self.classes, self.samples = scan_image_folder(root, split)
+        self.root, self.split, self.train = Path(root).expanduser(), split, train
         self.size, self.resize, self.seed = size, resize, seed
         self.epoch = 0
 

@@ -12,6 +12,7 @@ import math
 import pickle
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: tuple[str, ...] = ()  # class names, where the set has them (data.name=folder)
 
     @property
     def in_channels(self) -> int:
@@ -214,12 +216,20 @@ def make_synthetic(
 _SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "imagenet": (3, 224, 1000)}
 
 
-def input_shape(name: str, synthetic: dict | None = None) -> tuple[int, int, int]:
-    """(channels, size, classes) of a data set, known without reading it."""
+def input_shape(name: str, synthetic: dict | None = None, root: str | None = None, image_size: int | None = None,
+                channels: int | None = None) -> tuple[int, int, int]:
+    """(channels, size, classes) of a data set without decoding it (a folder set's class folders
+    and image headers are read)."""
     if name == "synthetic":
         s = synthetic or {}
         return s.get("channels", 3), s.get("size", 32), s.get("num_classes", 10)
-    return _SHAPES[name]
+    if name == "folder":
+        from nge.data.folder import scan_folder
+
+        f = scan_folder(root, test=False, image_size=image_size, channels=channels)
+        return f.channels, f.size, len(f.classes)
+    c, size, k = _SHAPES[name]
+    return c, image_size or size, k
 
 
 def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> Dataset:
@@ -248,4 +258,11 @@ def split_train_val(train: ImageSet, train_portion: float, seed: int, limit: int
 
 def describe(ds: Dataset) -> str:
     shape = f"{ds.in_channels}x{ds.image_size}x{ds.image_size}"
-    return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {shape}, {ds.num_classes} classes"
+    names = f" ({class_names(ds.classes)})" if ds.classes else ""
+    return f"{ds.name}: {len(ds.train)} train / {len(ds.test)} test, {shape}, {ds.num_classes} classes{names}"
+
+
+def class_names(classes: Sequence[str], most: int = 20) -> str:
+    """Class names for a log line: all of them, or the first `most` and how many more."""
+    more = f", ... ({len(classes) - most} more)" if len(classes) > most else ""
+    return ", ".join(classes[:most]) + more

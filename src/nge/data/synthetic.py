@@ -31,19 +31,25 @@ def write_synthetic_imagefolder(
     per_class_val: int = 2,
     size: tuple[int, int] = (40, 32),
     seed: int = 0,
+    test_split: str = "val",
+    names: list[str] | None = None,
+    png: bool = False,
+    gray: bool = False,
 ) -> Path:
-    """A tiny ImageFolder-layout set: class c is its own colour with a brighter stripe, plus noise.
+    """A tiny ImageFolder-layout set (`train/` and `test_split/`): class c is its own colour with a
+    brighter stripe, plus noise.
 
-    Class folders are named like ImageNet's (`n00000000`, ...); files are `.JPEG`; sizes (width,
-    height) vary around `size`, so images are non-square and smaller than 224.
+    Class folders are `names` or named like ImageNet's (`n00000000`, ...); files are `.JPEG` (or
+    `.png`), RGB (or grayscale); sizes (width, height) vary around `size`, so images are non-square.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
     colours = _class_colours(classes)
+    names = names or [f"n{c:08d}" for c in range(classes)]
     w0, h0 = size
-    for split, n in (("train", per_class_train), ("val", per_class_val)):
+    for split, n in (("train", per_class_train), (test_split, per_class_val)):
         for c in range(classes):
-            folder = root / split / f"n{c:08d}"
+            folder = root / split / names[c]
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(n):
                 w = max(8, w0 + int(rng.integers(-w0 // 4, w0 // 4 + 1)))
@@ -53,8 +59,19 @@ def write_synthetic_imagefolder(
                 px = _noisy(colours[c], h, w, rng)
                 stripe = (c * w) // max(classes, 1)  # a class-dependent vertical stripe
                 px[:, stripe : stripe + max(1, w // 8)] = 255
-                Image.fromarray(px).save(folder / f"{split}_{c}_{k:04d}.JPEG", quality=90)
+                img = Image.fromarray(px).convert("L" if gray else "RGB")
+                if png:
+                    img.save(folder / f"{split}_{c}_{k:04d}.png")
+                else:
+                    img.save(folder / f"{split}_{c}_{k:04d}.JPEG", quality=90)
     return root
+
+
+def write_synthetic_folder(root: str | Path, seed: int = 0, gray: bool = False) -> Path:
+    """The `data.name=folder` example of `nge synth folder`: 3 classes, 16 train and 4 test PNGs
+    each (class c is hue c/3: red, green, blue), about 28x20 pixels."""
+    return write_synthetic_imagefolder(root, 3, 16, 4, (28, 20), seed, test_split="test",
+                                       names=["red", "green", "blue"], png=True, gray=gray)
 
 
 def write_synthetic_voc(

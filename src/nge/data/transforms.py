@@ -6,6 +6,8 @@ ColorJitter) written with Pillow and numpy. A sample's random numbers come from
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,25 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def open_image(path: Path, mode: str | None = "RGB") -> Image.Image:
-    """Decode an image fully (so truncation is caught here); `mode=None` keeps the file's mode."""
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
     try:
-        with Image.open(path) as f:
-            f.load()
-            return f.convert(mode) if mode else f.copy()
+        yield
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise NGEError(f"cannot decode image {path}: {one_line(f'{type(e).__name__}: {e}')}") from None
+
+
+def open_image(path: Path, mode: str | None = "RGB") -> Image.Image:
+    """Decode an image fully (so truncation is caught here); `mode=None` keeps the file's mode."""
+    with _decoding(path), Image.open(path) as f:
+        f.load()
+        return f.convert(mode) if mode else f.copy()
+
+
+def image_header(path: Path) -> tuple[str, tuple[int, int]]:
+    """An image's mode and (width, height), from its header only (no decoding)."""
+    with _decoding(path), Image.open(path) as f:
+        return f.mode, f.size
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
