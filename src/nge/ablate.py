@@ -5,6 +5,7 @@ A comparison is a list of rows; every row runs the same search preset with its o
 training preset. The row named `random` searches nothing: seed k trains `random:k`, a cell drawn
 uniformly from the search space. Each search and training run is an ordinary run directory;
 rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
+The runs go one after another in this process, or (executor="ray") as Ray tasks, all at once.
 
 Tables report, per row, mean ± std over seeds and the relative improvement over the random cells,
 RI = 100 x (acc - acc_random) / acc_random (Yang et al., "NAS evaluation is frustratingly hard",
@@ -111,7 +112,7 @@ class _Ray:
     def __init__(self, address: str | None, threads: int, log):
         self.ray, self.threads, self.log = _import_ray(), threads, log
         self.started = not self.ray.is_initialized()
-        if self.started:  # address None: a new local instance
+        if self.started:  # else: the caller's connection, left open; address None starts a local instance
             self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         resources = self.ray.cluster_resources()
         self.gpus = resources.get("GPU", 0) > 0
