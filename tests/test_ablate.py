@@ -1,8 +1,10 @@
 import csv
 import json
+import sys
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from nge.ablate import run_ablation
@@ -77,3 +79,49 @@ def test_ablation_refuses_existing_dir_and_bad_params(tmp_path, capsys):
         run_ablation(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), bad_row)), [],
                      tmp_path / "n")
     assert not (tmp_path / "n").exists()
+
+
+def test_ray_executor_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "abl"
+    for extra, message in ((["--address", "auto"], "need --executor ray"),
+                           (["--threads-per-run", "2"], "need --executor ray"),
+                           (["--executor", "ray", "--threads-per-run", "0"], "--threads-per-run must be >= 1"),
+                           (["--executor", "ray", "runtime.threads=2"], "instead of runtime.threads")):
+        assert main(["ablate", "--preset", "smoke", "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["ablate", "--preset", "smoke", "--executor", "dask"])
+    assert "invalid choice: 'dask'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as without the extra
+    assert main(["ablate", "--preset", "smoke", "--out", str(out), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err == 'nge: error: --executor ray needs Ray: pip install "nge[ray]"\n'
+    assert not out.exists()
+
+
+def _csv_without_times(path):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in csv.DictReader(path.open())]
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_sequential_results(tmp_path, capsys):
+    pytest.importorskip("ray", reason='the Ray executor needs the extra nge[ray]')
+    acfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
+        "preset": "smoke", "search_preset": "smoke", "search_overrides": ["search.epochs=1"], "train_presets": ["smoke"],
+        "train_overrides": ["train.epochs=1"], "rows": [{"name": "random"}, {"name": "nge"}]}))
+    run_ablation(acfg, QUIET, tmp_path / "seq")
+    logs = []
+    rows = run_ablation(acfg, ["runtime.progress=false"], tmp_path / "ray", log=logs.append, executor="ray",
+                        threads_per_run=1)
+    assert [r["row"] for r in rows] == ["random", "nge"]
+    assert _csv_without_times(tmp_path / "ray" / "ablation.csv") == _csv_without_times(tmp_path / "seq" / "ablation.csv")
+    finished = sorted(line.split(": finished (")[0] for line in logs if ": finished (" in line)  # the driver's lines
+    assert finished == ["ablation [1/2] random, seed 0: train (smoke)", "ablation [2/2] nge, seed 0: search",
+                        "ablation [2/2] nge, seed 0: train (smoke)"]
+    cfg = yaml.safe_load((tmp_path / "ray" / "nge-seed0" / "train-smoke" / "config.yaml").read_text())
+    assert cfg["runtime"]["threads"] == 1
+    # an NGEError inside a task: one line and exit status 2, as in one process
+    assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "bad"), "--executor", "ray",
+                 "data.name=fashion_mnist", "data.root=/nonexistent"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nge:")]
+    assert err == [f"nge: error: {line}" for line in err[0].split("nge: error: ")[1:]] and "/nonexistent" in err[0]

@@ -5,6 +5,7 @@ A comparison is a list of rows; every row runs the same search preset with its o
 training preset. The row named `random` searches nothing: seed k trains `random:k`, a cell drawn
 uniformly from the search space. Each search and training run is an ordinary run directory;
 rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
+The runs go one after another in this process, or (executor="ray") as Ray tasks, all at once.
 
 Tables report, per row, mean ± std over seeds and the relative improvement over the random cells,
 RI = 100 x (acc - acc_random) / acc_random (Yang et al., "NAS evaluation is frustratingly hard",
@@ -16,13 +17,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import statistics
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, to_yaml, validate
 from nge.engine import RunDir, atomic_write_text, single_process
+from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.search import run_search
 from nge.space import Genotype
@@ -65,39 +69,151 @@ def _distinct_ops(genotype: Genotype) -> dict:
     return {f"{c}_ops": len(op_counts(getattr(genotype, c))) for c in ("normal", "reduce")}
 
 
+def _task(msg: str, path: Path, run: Callable[..., dict], log=None, after: dict | None = None) -> dict:
+    """One search or training run, in this process or as a Ray task (log None: to stderr, which Ray
+    forwards to the driver). `after`: the result of the search it trains (unused; a Ray task waits for it)."""
+    log = log or partial(print, file=sys.stderr, flush=True)
+    log(msg)
+    return _run_or_resume(path, partial(run, log=log))
+
+
+class _Sequential:
+    """Runs each task at once, in this process."""
+
+    parallel = False
+
+    def __init__(self, log):
+        self.log = log
+
+    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None) -> dict:
+        return _task(msg, path, run, self.log, after)
+
+    def get(self, result: dict | None) -> dict | None:
+        return result
+
+    def close(self) -> None:
+        pass
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise NGEError('--executor ray needs Ray: pip install "nge[ray]"') from None
+    return ray
+
+
+class _Ray:
+    """Each run a Ray task holding one GPU (where the cluster has GPUs and the run may use one) or
+    `threads` CPUs; every run is submitted at once, trainings wait for their search."""
+
+    parallel = True
+
+    def __init__(self, address: str | None, threads: int, log):
+        self.ray, self.threads, self.log = _import_ray(), threads, log
+        self.started = not self.ray.is_initialized()
+        if self.started:  # else: the caller's connection, left open; address None starts a local instance
+            self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        resources = self.ray.cluster_resources()
+        self.gpus = resources.get("GPU", 0) > 0
+        if resources.get("CPU", 0) < threads:
+            self.close()
+            raise NGEError(f"--threads-per-run {threads} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+        self.task = self.ray.remote(_task)
+        self.pending: dict = {}  # ObjectRef -> message, until its line is logged
+
+    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None):
+        gpu = int(self.gpus and cfg.runtime.device != "cpu")
+        ref = self.task.options(num_cpus=self.threads, num_gpus=gpu).remote(msg, path, run, None, after)
+        self.pending[ref] = msg
+        return ref
+
+    def _result(self, ref) -> dict:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, NGEError):
+                raise e.cause from None  # one line, as in this process
+            raise
+
+    def get(self, ref):
+        """`ref`'s result; meanwhile a line per run that finishes, in the order they finish."""
+        if ref is None:
+            return None
+        while ref in self.pending:
+            [done], _ = self.ray.wait(list(self.pending))
+            self.log(f"{self.pending.pop(done)}: finished ({self._result(done)['wall_seconds']:.0f} s)")
+        return self._result(ref)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _submit(acfg: AblateConfig, configs: dict, out: Path, ex):
+    """Per (row, seed), in table order: its search (None for random cells), its trainings by preset."""
+    total = len(acfg.rows) * acfg.seeds
+    for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
+        name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
+        sdir, search = base / "search", None
+        if name == RANDOM_ROW:
+            genotype_spec = f"random:{seed}"
+        else:
+            cfg = configs[name, seed, "search"]
+            search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
+        trains = {}
+        for tp in acfg.train_presets:
+            cfg, tdir = configs[name, seed, tp], base / f"train-{tp}"
+            trains[tp] = ex.submit(f"{what}: train ({tp})", tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search)
+        yield name, seed, sdir, genotype_spec, search, trains
+
+
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,
-                 log=print) -> list[dict]:
+                 log=print, executor: str = "sequential", address: str | None = None,
+                 threads_per_run: int | None = None) -> list[dict]:
+    """executor="ray": every run a Ray task on the cluster at `address` (None: a new local instance),
+    each with `threads_per_run` CPUs and as many torch threads (runtime.threads; default 1)."""
     single_process("nge ablate")
+    if executor not in ("sequential", "ray"):
+        raise NGEError(f"unknown executor {executor!r} (sequential or ray)")
+    if executor == "sequential" and (address is not None or threads_per_run is not None):
+        raise NGEError("--address and --threads-per-run need --executor ray")
+    threads = 1 if threads_per_run is None else threads_per_run
+    if threads < 1:
+        raise NGEError(f"--threads-per-run must be >= 1, got {threads}")
+    if executor == "ray" and any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides):
+        raise NGEError("with --executor ray give --threads-per-run instead of runtime.threads")
     configs = _configs(acfg, overrides)
+    if executor == "ray":
+        _import_ray()  # before any work
+        for cfg in configs.values():  # as many torch threads as the task holds CPUs
+            cfg.runtime.threads = threads
     out = Path(out)
     run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
     run.write_text("ablation.yaml", to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n")
+    ex = _Ray(address, threads, log) if executor == "ray" else _Sequential(log)
     rows: list[dict] = []
-    total = len(acfg.rows) * acfg.seeds
-    for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
-        name = spec.name
-        base = out / f"{name}-seed{seed}"
-        if name == RANDOM_ROW:
-            genotype_spec = f"random:{seed}"
-            genotype = resolve_genotype(genotype_spec)
+    try:
+        plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex)
+        if ex.parallel:
+            plan = list(plan)  # submit everything now; sequentially each row runs when the loop reaches it
+        for name, seed, sdir, genotype_spec, search_ref, trains in plan:
+            search = ex.get(search_ref)
+            genotype = resolve_genotype(genotype_spec) if search is None else Genotype.from_dict(search["genotype"])
             row = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
-        else:
-            log(f"ablation [{k}/{total}] {name}, seed {seed}: search")
-            sdir = base / "search"
-            search = _run_or_resume(sdir, partial(run_search, configs[name, seed, "search"], sdir, log=log))
-            genotype_spec, genotype = str(sdir), Genotype.from_dict(search["genotype"])
-            row = {"row": name, "seed": seed, "search_val_acc": search["final_val_acc"],
-                   "search_seconds": search["wall_seconds"], **_final_telemetry(sdir)}
-        row.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
-        for tp in acfg.train_presets:
-            log(f"ablation [{k}/{total}] {name}, seed {seed}: train ({tp})")
-            tcfg, tdir = configs[name, seed, tp], base / f"train-{tp}"
-            train = _run_or_resume(tdir, partial(run_train, tcfg, genotype_spec, tdir, log=log))
-            row[f"test_acc[{tp}]"] = train["final_test_acc"]
-            row[f"train_seconds[{tp}]"] = train["wall_seconds"]
-            row[f"params[{tp}]"] = train["params"]
-        rows.append(row)
-        write_tables(rows, acfg, run)
+            if search is not None:
+                row.update(search_val_acc=search["final_val_acc"], search_seconds=search["wall_seconds"],
+                           **_final_telemetry(sdir))
+            row.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
+            for tp, ref in trains.items():
+                train = ex.get(ref)
+                row[f"test_acc[{tp}]"] = train["final_test_acc"]
+                row[f"train_seconds[{tp}]"] = train["wall_seconds"]
+                row[f"params[{tp}]"] = train["params"]
+            rows.append(row)
+            write_tables(rows, acfg, run)
+    finally:
+        ex.close()
     from nge import viz
 
     labels = {r.name: r.label or r.name for r in acfg.rows}

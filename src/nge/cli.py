@@ -88,7 +88,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
     out = Path(args.out) if args.out else default_run_dir("ablate", args.preset)
-    run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log)
+    run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
+                 address=args.address, threads_per_run=args.threads_per_run)
     print((out / "ablation.md").read_text(), end="")
     return 0
 
@@ -159,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
     a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
     a.add_argument("--resume", action="store_true", help="continue: skip finished runs, resume an interrupted one")
+    a.add_argument("--executor", choices=["sequential", "ray"], default="sequential",
+                   help="sequential: one run after another in this process (default); ray: every run a Ray task")
+    a.add_argument("--address", help="with --executor ray: the cluster to use, e.g. auto (default: a new local instance)")
+    a.add_argument("--threads-per-run", type=int, metavar="T",
+                   help="with --executor ray: CPU threads (and Ray CPUs) per run (default 1)")
     a.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides for every search and training run, e.g. data.root=DIR")
     a.set_defaults(func=cmd_ablate)

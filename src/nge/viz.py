@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +40,72 @@ def _hits(box, points: np.ndarray, pad: float) -> int:
     return int(inside.sum())
 
 
-def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topology = DEFAULT_TOPOLOGY) -> list:
+def _names(topology: Topology) -> dict[int, str]:
+    """Node index -> its name in the pictures: c_{k-2}, c_{k-1}, 0..n-1, c_{k}."""
+    n_in, n = topology.n_inputs, topology.n_nodes
+    return {0: "c_{k-2}", 1: "c_{k-1}", n_in + n: "c_{k}"} | {n_in + k: str(k) for k in range(n)}
+
+
+def _q(text: str) -> str:
+    """`text` as a quoted DOT string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cell_dot(cell: CellGenotype, title: str, topology: Topology = DEFAULT_TOPOLOGY) -> str:
+    """The cell as DOT text, laid out as DARTS's own plot: left to right, inputs first, the output last."""
+    n_in, n = topology.n_inputs, topology.n_nodes
+    names = {i: _q(name) for i, name in _names(topology).items()}
+    lines = [f"digraph cell {{ rankdir=LR; label={_q(title)}; labelloc=t; fontsize=20;",
+             '  node [style=filled, shape=rect, fontsize=20, penwidth=2, height=0.5, width=0.5];',
+             '  edge [fontsize=16, penwidth=1.5];',
+             "  { rank=source; " + " ".join(f'{names[i]} [fillcolor="#a6d96a"];' for i in range(n_in)) + " }",
+             *(f'  {names[n_in + k]} [fillcolor="#abd9e9"];' for k in range(n)),
+             f'  {{ rank=sink; {names[n_in + n]} [fillcolor="#fdae61"]; }}']
+    for e, (op, src) in enumerate(cell):  # id: the edge's index in `cell`, to find it in dot's layout
+        colour = matplotlib.colors.to_hex(_op_colour(op))
+        lines.append(f'  {names[src]} -> {names[n_in + e // 2]} [id="e{e}", label={_q(op)}, color="{colour}", '
+                     f'fontcolor="{colour}"];')
+    lines += [f'  {names[n_in + k]} -> {names[n_in + n]} [color="#bbbbbb"];' for k in range(n)]
+    return "\n".join(lines) + "\n}\n"
+
+
+def _plot_cell_dot(cell: CellGenotype, title: str, path: Path | None, topology: Topology) -> list:
+    """Renders `cell_dot` with Graphviz's `dot`; returns the edge label boxes (points) from its layout."""
+    from matplotlib.transforms import Bbox
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = ["-Tpng", "-o", str(path)] if path is not None else []
+        subprocess.run(["dot", "-Tjson", "-o", f"{tmp}/cell.json", *png], input=cell_dot(cell, title, topology),
+                       text=True, capture_output=True, check=True, timeout=60)
+        layout = json.loads(Path(tmp, "cell.json").read_text())
+    edges = {e.get("id"): e for e in layout["edges"]}
+    boxes = []
+    for edge in (edges[f"e{i}"] for i in range(len(cell))):
+        x, y = map(float, edge["lp"].split(","))
+        text = next(d for d in edge["_ldraw_"] if d["op"] == "T")
+        size = next(d for d in edge["_ldraw_"] if d["op"] == "F")["size"]
+        boxes.append(Bbox.from_bounds(x - text["width"] / 2, y - 0.6 * size, text["width"], 1.2 * size))
+    return boxes
+
+
+def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topology = DEFAULT_TOPOLOGY,
+              backend: str = "auto") -> list:
+    """The cell drawn with Graphviz's `dot` (backend "dot", or "auto" where `dot` is on PATH; a
+    failure falls back to matplotlib with one warning line) or with matplotlib. Returns the edge
+    labels' boxes in edge order (points in dot's layout, pixels in matplotlib's)."""
+    if backend not in ("auto", "dot", "matplotlib"):
+        raise ValueError(f"backend must be auto, dot or matplotlib, got {backend!r}")
+    if backend == "dot" or (backend == "auto" and shutil.which("dot")):
+        try:
+            return _plot_cell_dot(cell, title, path, topology)
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration) as e:
+            detail = getattr(e, "stderr", None) or str(e)
+            print(f"nge: warning: Graphviz dot failed ({' '.join(detail.split())[:200]}); drawing {title} with matplotlib",
+                  file=sys.stderr)
+    return _plot_cell_matplotlib(cell, title, path, topology)
+
+
+def _plot_cell_matplotlib(cell: CellGenotype, title: str, path: Path | None, topology: Topology) -> list:
     """A layered drawing as the paper's Figure 4: inputs c_{k-2}, c_{k-1} on the left, intermediate
     nodes 0..n-1 in order, the output c_{k} on the right; every kept edge an arrow in its op's colour,
     labelled with the op. Each edge's curvature and label position are chosen, among a few
@@ -47,7 +117,7 @@ def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topol
         pos[n_in + k] = (1.0 + 1.15 * k, 1.2 if k % 2 == 0 else -1.2)
     out = n_in + n
     pos[out] = (1.15 * n + 1.3, 0.0)
-    names = {0: "c_{k-2}", 1: "c_{k-1}", out: "c_{k}"} | {n_in + k: str(k) for k in range(n)}
+    names = _names(topology)
     fig, ax = plt.subplots(figsize=(1.9 * (1.15 * n + 2.8), 5.6))
     ax.set_aspect("equal")
     ax.set_xlim(-1.6, 1.15 * n + 2.0)
