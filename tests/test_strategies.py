@@ -122,6 +122,16 @@ def test_mutations_are_a_distribution_of_valid_children_and_sampling_follows_it(
     assert max(abs(counts[m] / n - float(p)) for (m, _), p in zip(options, q, strict=True)) < 0.02
 
 
+def test_mutation_log_probs_stay_finite_when_p_is_certain():
+    parent = random_genotype(5)
+    logits = (skewed_logits((2, DEFAULT_TOPOLOGY.n_edges, len(PRIMITIVES)), seed=3) * 1e3).float().requires_grad_()
+    options = mutation_options(logits, parent)
+    total = torch.stack([lq for _, lq in options])
+    assert torch.isfinite(total).all() and float(torch.logsumexp(total.detach().double(), 0)) == pytest.approx(0.0, abs=1e-5)
+    total.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_uniform_mutations_pick_every_slot_equally():
     parent = random_genotype(4)
     by_slot = Counter()

@@ -167,25 +167,26 @@ def mutation_options(logits: torch.Tensor, parent: Genotype, topology: Topology 
     """Every mutation of `parent` with its log-probability q under `logits` (2, n_edges, n_ops);
     the q sum to 1. Differentiable in `logits`."""
     per_cell = 2 * topology.n_nodes
-    logp = F.log_softmax(logits, dim=-1)
+    n_ops = logits.shape[-1]
     scores = torch.logsumexp(logits, dim=-1)
-    slot_w = []
+    slots = []  # (cell, slot in cell, edge row, current op index)
     for slot in range(2 * per_cell):
         cell, k = _slot(parent, slot, per_cell)
         op, src = cell[k]
-        slot_w.append(1 - logp[slot // per_cell, _edge(topology, src, k), primitives.index(op)].exp())
-    slot_logq = torch.log(torch.stack(slot_w)) - torch.log(torch.stack(slot_w).sum())
+        slots.append((slot // per_cell, k, _edge(topology, src, k), primitives.index(op)))
+    # log(1 - P[e, op]) as logsumexp over the other ops minus over all: finite however sure P is
+    others = [[j for j in range(n_ops) if j != o] for *_, o in slots]
+    log_rest = torch.stack([torch.logsumexp(logits[c, e, rest], 0) - scores[c, e]
+                            for (c, _, e, _), rest in zip(slots, others, strict=True)])
+    slot_logq = F.log_softmax(log_rest, dim=0)
     out = []
-    for slot in range(2 * per_cell):
-        c, (cell, k) = slot // per_cell, _slot(parent, slot, per_cell)
-        op, src = cell[k]
-        e = _edge(topology, src, k)
+    for slot, ((c, k, e, _), rest) in enumerate(zip(slots, others, strict=True)):
+        cell = parent.normal if c == 0 else parent.reduce
         free = _free_inputs(cell, k, topology)
         kind_logq = math.log(0.5) if free else 0.0
-        others = [j for j in range(len(primitives)) if primitives[j] != op]
-        op_logq = logp[c, e, others] - torch.log1p(-logp[c, e, primitives.index(op)].exp())
+        op_logq = F.log_softmax(logits[c, e, rest], dim=0)  # P[e, j] / (1 - P[e, op]) over j != op
         out += [(Mutation(slot, "op", primitives[j]), slot_logq[slot] + kind_logq + op_logq[n])
-                for n, j in enumerate(others)]
+                for n, j in enumerate(rest)]
         if free:
             in_logq = F.log_softmax(scores[c, [_edge(topology, j, k) for j in free]], dim=0)
             out += [(Mutation(slot, "input", j), slot_logq[slot] + kind_logq + in_logq[n]) for n, j in enumerate(free)]
