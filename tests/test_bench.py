@@ -20,7 +20,7 @@ def test_smoke_bench_reports_every_measurement():
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["what"], r["form"]) for r in rows] == [
         ("supernet", "nge"), ("supernet", "reference"), ("arch-step", "nge"), ("arch-step", "reference"),
-        ("eval", "nge"), ("arch-forward", "nge")]
+        ("path-step", "nge"), ("eval", "nge"), ("arch-forward", "nge")]
     for r in rows:
         assert all(k in r for k in FIELDS), r
         assert r["images_per_s"] > 0 and r["step_ms"] > 0 and r["peak_mem_mb"] > 0

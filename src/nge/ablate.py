@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import signal
 import statistics
 import sys
 from collections.abc import Callable
@@ -95,6 +96,10 @@ class _Sequential:
         pass
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _import_ray():
     try:
         import ray
@@ -114,6 +119,7 @@ class _Ray:
         self.started = not self.ray.is_initialized()
         if self.started:  # else: the caller's connection, left open; address None starts a local instance
             self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            signal.signal(signal.SIGTERM, _interrupt)  # in place of Ray's handler, which dumps a stack
         resources = self.ray.cluster_resources()
         self.gpus = resources.get("GPU", 0) > 0
         if resources.get("CPU", 0) < threads:
@@ -212,6 +218,11 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                 row[f"params[{tp}]"] = train["params"]
             rows.append(row)
             write_tables(rows, acfg, run)
+    except KeyboardInterrupt:
+        if not ex.parallel:
+            raise
+        raise NGEError(f"interrupted; the finished runs in {out} are kept and the others continue from their last "
+                       "finished epoch when the same command runs again with --resume") from None
     finally:
         ex.close()
     from nge import viz

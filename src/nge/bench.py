@@ -1,6 +1,6 @@
 """`nge bench`: images/s and peak memory of the search and training steps, on synthetic data.
 
-    nge bench [--what supernet|arch-step|eval|arch-forward|all] [--device auto|cpu|cuda] [--batch N]
+    nge bench [--what supernet|arch-step|path-step|eval|arch-forward|all] [--device auto|cpu|cuda] [--batch N]
               [--steps N] [--warmup N] [--reference] [--smoke]
               [--json] [--in-process] [KEY=VALUE ...]
     python -m nge.bench ...    (the same, without the `nge` command)
@@ -11,6 +11,8 @@ What is timed (the real step functions, on batches made before timing):
   search preset's supernet (default `paper`: 8 cells, C = 16, 32x32x3 input, 10 classes, batch 32);
 - `arch-step`: the search's arch step (`SearchTask.arch_step`: P, forward, backward to the
   parameterisation, Adam) on the same supernet;
+- `path-step`: the single-path weight step of `search.strategy=rl|ea` (`SearchTask.path_weight_step`:
+  one uniformly drawn cell, forward, backward, clip, SGD) on the same supernet;
 - `eval`: the training step of an evaluation network (`TrainTask.train_step`; default the
   `paper-cifar10` network of DARTS_V2, 20 cells, C = 36, auxiliary head, drop-path at its final
   value, batch 128);
@@ -44,7 +46,7 @@ from typing import Any
 
 from nge.errors import NGEError
 
-WHATS = ("supernet", "arch-step", "eval", "arch-forward")
+WHATS = ("supernet", "arch-step", "path-step", "eval", "arch-forward")
 REFERENCE_WHATS = ("supernet", "arch-step")  # the steps that have a reference form
 
 
@@ -198,6 +200,7 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
     row: dict[str, Any] = {"what": what, "form": "reference" if reference else "nge"}
     if kind == "search":
         from nge.search import SearchTask
+        from nge.space import random_genotype
 
         data = _synthetic(cfg, 2 * batch * n)
         cfg.data.train_portion = 0.5
@@ -216,6 +219,11 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
 
             def step(x, y):
                 task.weight_step(x, y, probs, Meter())
+        elif what == "path-step":
+            cells = iter([random_genotype(k) for k in range(n)])  # drawn before timing
+
+            def step(x, y):
+                task.path_weight_step(x, y, next(cells), Meter())
         else:
             def step(x, y):
                 task.arch_step(x, y, Meter())
