@@ -21,7 +21,7 @@ from PIL import Image
 
 from nge.data.batches import Augment, augment_batch
 from nge.data.imagenet import scan_image_folder
-from nge.data.loader import ImageLoader
+from nge.data.loader import FileSamples, ImageLoader
 from nge.data.sets import Dataset, ImageSet
 from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_header, open_image
 from nge.errors import NGEError
@@ -119,23 +119,17 @@ def load_folder(f: ImageFolder, limit: int | None, seed: int) -> Dataset:
                    tuple(f.classes))
 
 
-class FolderStream(torch.utils.data.Dataset):
+class FolderStream(FileSamples):
     """Samples decoded in DataLoader workers: (float (C, size, size), label), normalised with
     STREAM_NORM and augmented as BatchLoader augments a batch, with random numbers from
     (seed, epoch, index) only."""
 
     def __init__(self, samples: list[tuple[Path, int]], channels: int, size: int, augment: Augment, seed: int):
-        self.samples, self.channels, self.size = samples, channels, size
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        super().__init__(samples, seed)
+        self.channels, self.size, self.augment = channels, size, augment
         mean, std = STREAM_NORM[channels]
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]

@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from nge.data.loader import ImageLoader
+from nge.data.loader import FileSamples, ImageLoader
 from nge.data.transforms import IMAGE_EXTENSIONS, open_image, sample_rng, to_tensor, train_transform, val_transform
 from nge.errors import NGEError
 
@@ -52,7 +51,7 @@ def scan_image_folder(root: str | Path, split: str) -> tuple[list[str], list[tup
     return classes, samples
 
 
-class ImageFolderSet(Dataset):
+class ImageFolderSet(FileSamples):
     """`root/<split>/<class>/*.{JPEG,jpg,png}`; the classes are the sorted folder names of `root/train`.
 
     Items: (float (3, size, size) normalised with the ImageNet mean/std, int label).
@@ -61,16 +60,10 @@ class ImageFolderSet(Dataset):
     def __init__(self, root: str | Path, split: str, train: bool, size: int = 224, resize: int = 256, seed: int = 0):
         if size < 1 or resize < size:
             raise NGEError(f"image size {size} and resize {resize} need 1 <= size <= resize")
-        self.classes, self.samples = scan_image_folder(root, split)
+        self.classes, samples = scan_image_folder(root, split)
+        super().__init__(samples, seed)
         self.root, self.split, self.train = Path(root).expanduser(), split, train
-        self.size, self.resize, self.seed = size, resize, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
+        self.size, self.resize = size, resize
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]

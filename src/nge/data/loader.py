@@ -26,6 +26,20 @@ def _worker_message(e: NGEError) -> str:
     return one_line(lines[-1])
 
 
+class FileSamples(Dataset):
+    """A map-style set of (file, label) samples decoded per item; `set_epoch` selects the epoch's
+    random numbers, which subclasses draw from (seed, epoch, index)."""
+
+    def __init__(self, samples: list, seed: int):
+        self.samples, self.seed, self.epoch = samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
 class ImageLoader:
     """Batches of a map-style data set through torch's DataLoader (Pillow decoding in `workers` processes).
 
