@@ -52,40 +52,53 @@ def _q(text: str) -> str:
 
 
 def cell_dot(cell: CellGenotype, title: str, topology: Topology = DEFAULT_TOPOLOGY) -> str:
-    """The cell as DOT text, laid out as DARTS's own plot: left to right, inputs first, the output last."""
+    """The cell as DOT text, left to right as DARTS's own plot: inputs first, the output last. Each op
+    is a text node between its input and its node (`e0`, `e1`, ... in `cell` order), so dot places
+    the labels as it places nodes: apart from each other and from the edges."""
     n_in, n = topology.n_inputs, topology.n_nodes
     names = {i: _q(name) for i, name in _names(topology).items()}
-    lines = [f"digraph cell {{ rankdir=LR; label={_q(title)}; labelloc=t; fontsize=20;",
+    lines = [f"digraph cell {{ rankdir=LR; label={_q(title)}; labelloc=t; fontsize=20; nodesep=0.15; ranksep=0.3;",
              '  node [style=filled, shape=rect, fontsize=20, penwidth=2, height=0.5, width=0.5];',
-             '  edge [fontsize=16, penwidth=1.5];',
+             '  edge [penwidth=1.5];',
              "  { rank=source; " + " ".join(f'{names[i]} [fillcolor="#a6d96a"];' for i in range(n_in)) + " }",
              *(f'  {names[n_in + k]} [fillcolor="#abd9e9"];' for k in range(n)),
              f'  {{ rank=sink; {names[n_in + n]} [fillcolor="#fdae61"]; }}']
-    for e, (op, src) in enumerate(cell):  # id: the edge's index in `cell`, to find it in dot's layout
+    for e, (op, src) in enumerate(cell):
         colour = matplotlib.colors.to_hex(_op_colour(op))
-        lines.append(f'  {names[src]} -> {names[n_in + e // 2]} [id="e{e}", label={_q(op)}, color="{colour}", '
-                     f'fontcolor="{colour}"];')
+        lines.append(f'  e{e} [label={_q(op)}, shape=plaintext, style="", fontsize=16, fontcolor="{colour}", '
+                     'height=0.3, width=0.3, margin=0.02];')
+        lines.append(f'  {names[src]} -> e{e} [color="{colour}", arrowhead=none];')
+        lines.append(f'  e{e} -> {names[n_in + e // 2]} [color="{colour}"];')
     lines += [f'  {names[n_in + k]} -> {names[n_in + n]} [color="#bbbbbb"];' for k in range(n)]
     return "\n".join(lines) + "\n}\n"
 
 
-def _plot_cell_dot(cell: CellGenotype, title: str, path: Path | None, topology: Topology) -> list:
-    """Renders `cell_dot` with Graphviz's `dot`; returns the edge label boxes (points) from its layout."""
-    from matplotlib.transforms import Bbox
-
+def dot_layout(cell: CellGenotype, title: str, path: Path | None, topology: Topology = DEFAULT_TOPOLOGY) -> dict:
+    """Runs Graphviz's `dot` on `cell_dot`: writes the PNG to `path` (if given), returns dot's JSON layout."""
     with tempfile.TemporaryDirectory() as tmp:
         png = ["-Tpng", "-o", str(path)] if path is not None else []
         subprocess.run(["dot", "-Tjson", "-o", f"{tmp}/cell.json", *png], input=cell_dot(cell, title, topology),
                        text=True, capture_output=True, check=True, timeout=60)
-        layout = json.loads(Path(tmp, "cell.json").read_text())
-    edges = {e.get("id"): e for e in layout["edges"]}
+        return json.loads(Path(tmp, "cell.json").read_text())
+
+
+def dot_label_boxes(layout: dict, n_labels: int) -> list:
+    """The op labels' boxes (points) in dot's layout, in edge order."""
+    from matplotlib.transforms import Bbox
+
+    nodes = {o["name"]: o for o in layout["objects"]}
     boxes = []
-    for edge in (edges[f"e{i}"] for i in range(len(cell))):
-        x, y = map(float, edge["lp"].split(","))
-        text = next(d for d in edge["_ldraw_"] if d["op"] == "T")
-        size = next(d for d in edge["_ldraw_"] if d["op"] == "F")["size"]
-        boxes.append(Bbox.from_bounds(x - text["width"] / 2, y - 0.6 * size, text["width"], 1.2 * size))
+    for e in range(n_labels):
+        node = nodes[f"e{e}"]
+        x, y = map(float, node["pos"].split(","))
+        w, h = 72 * float(node["width"]), 72 * float(node["height"])
+        boxes.append(Bbox.from_bounds(x - w / 2, y - h / 2, w, h))
     return boxes
+
+
+def _plot_cell_dot(cell: CellGenotype, title: str, path: Path | None, topology: Topology) -> list:
+    """Renders `cell_dot` with Graphviz's `dot`; returns the op labels' boxes (points) from its layout."""
+    return dot_label_boxes(dot_layout(cell, title, path, topology), len(cell))
 
 
 def plot_cell(cell: CellGenotype, title: str, path: Path | None, topology: Topology = DEFAULT_TOPOLOGY,
