@@ -19,6 +19,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nge.arch import ARCH_PARAMS
+from nge.data.sets import IMAGENET_SIZE
 from nge.errors import NGEError
 from nge.supernet import CHECKPOINT_MODES
 
@@ -51,9 +52,6 @@ class Schedule(StrEnum):
 class NonFinitePolicy(StrEnum):
     stop = "stop"  # stop the run, keeping the last good checkpoint
     skip = "skip"  # skip the update of a step whose loss or gradient is not finite
-
-
-IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nge import viz
-from nge.config import IMAGENET_SIZE, TrainRunConfig, to_dict
+from nge.config import TrainRunConfig, to_dict
 from nge.data import (
     Augment,
     BatchLoader,
@@ -29,7 +29,7 @@ from nge.data import (
     scan_folder,
 )
 from nge.data.folder import MEMORY_LIMIT, ImageFolder
-from nge.data.sets import class_names
+from nge.data.sets import IMAGENET_SIZE, class_names
 from nge.engine import (
     Meter,
     Phase,

@@ -213,7 +213,9 @@ def make_synthetic(
     return Dataset("synthetic", draw(n_train), draw(n_test), num_classes, (0.5,) * channels, (0.3,) * channels)
 
 
-_SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "imagenet": (3, 224, 1000)}
+IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
+_SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
+           "imagenet": (3, IMAGENET_SIZE, 1000)}
 
 
 def input_shape(name: str, synthetic: dict | None = None, root: str | None = None, image_size: int | None = None,
