@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,11 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_a_table(tmp_path):
     proc = run(str(out), "--cpu-smoke")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "gpu_check.json").read_text())
-    assert result["environment"]["cpu_smoke"] and result["tests"]["ok"] and "5 skipped" in result["tests"]["summary"]
+    assert result["environment"]["cpu_smoke"] and result["tests"]["ok"]
+    summary = result["tests"]["summary"]  # every CUDA test collected; on a CPU each one skips
+    assert "failed" not in summary and "error" not in summary, summary
+    if not torch.cuda.is_available():
+        assert re.match(r"\d+ skipped", summary) and "passed" not in summary, summary
     assert [r["what"] for r in result["bench"]] == ["supernet", "arch-step", "eval"]
     assert all(r["images_per_s"] > 0 and r["device"] == "cpu" for r in result["bench"])
     s = result["search_epoch"]
