@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
+import math
 import signal
 import statistics
 import sys
@@ -25,35 +27,80 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, to_yaml, validate
+import yaml
+
+from nge.config import (
+    RANDOM_ROW,
+    RESUME_MAY_CHANGE,
+    AblateConfig,
+    SearchRunConfig,
+    TrainRunConfig,
+    ablate_trainings,
+    load_config,
+    to_dict,
+    to_yaml,
+    validate,
+)
 from nge.engine import RunDir, atomic_write_text, single_process
+from nge.engine.rundir import check_resume_config
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.search import run_search
 from nge.space import Genotype
-from nge.telemetry import op_counts, probs_telemetry
+from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman
+from nge.telemetry import RANDOM_AGREEMENT, mean_agreement, op_counts, probs_telemetry
 from nge.train import run_train
 
 
-def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:
-    """Every search and training config of the comparison, validated before anything runs."""
+def train_seed(seed: int, t: int) -> int:
+    """runtime.seed of the t-th training of the cell of `seed` (t = 0: the cell's own seed, as before train_seeds)."""
+    return seed + 1000 * t
+
+
+def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> dict:
+    """Every search and training config of the comparison, validated before anything runs.
+    `threads` (--threads-per-run): every run's runtime.threads; None: each config's own."""
     validate(acfg)
     configs = {}
     for row in acfg.rows:
         for seed in range(acfg.seeds):
-            if row.name != RANDOM_ROW:
+            if row.name != RANDOM_ROW and row.genotype is None:
                 s = load_config(SearchRunConfig, "search", row.search_preset or acfg.search_preset,
                                 [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
                 configs[row.name, seed, "search"] = s
-            for tp in acfg.train_presets:
-                t = load_config(TrainRunConfig, "train", tp, [*acfg.train_overrides, *overrides, f"runtime.seed={seed}"])
-                configs[row.name, seed, tp] = t
+            for tr in ablate_trainings(acfg):
+                if tr.seeds is not None and seed >= tr.seeds:
+                    continue
+                for t in range(acfg.train_seeds):
+                    configs[row.name, seed, tr.name, t] = load_config(
+                        TrainRunConfig, "train", tr.preset, [*tr.overrides, *overrides, f"runtime.seed={train_seed(seed, t)}"])
+    if threads is not None:
+        for cfg in configs.values():
+            cfg.runtime.threads = threads
     return configs
 
 
-def _run_or_resume(path: Path, run: Callable[..., dict]) -> dict:
-    """A finished run is read back; an interrupted one resumed; anything else (re)started."""
+def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
+    """A finished run is reused only if it ran the configuration (and genotype) the comparison now asks for."""
+    saved = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else None
+    if saved is None:
+        raise NGEError(f"{path} is finished but has no config.yaml to check; delete it or use --force")
+    try:
+        check_resume_config(saved, to_dict(cfg), RESUME_MAY_CHANGE)
+    except NGEError as e:
+        raise NGEError(f"{path}: {str(e).removeprefix('cannot resume: ')}; the finished run was made with other "
+                       "settings (delete it to run it again)") from None
+    if genotype_spec is not None:
+        want, saved_g = resolve_genotype(genotype_spec), path / "genotype.json"
+        if not saved_g.is_file() or Genotype.load(saved_g) != want:
+            raise NGEError(f"{path}: trained another genotype than {genotype_spec} now gives (delete it to run it again)")
+
+
+def _run_or_resume(path: Path, run: Callable[..., dict], cfg=None, genotype_spec: str | None = None) -> dict:
+    """A finished run is checked and read back; an interrupted one resumed; anything else (re)started."""
     if (path / "summary.json").is_file():
+        if cfg is not None:
+            _check_finished(path, cfg, genotype_spec)
         return json.loads((path / "summary.json").read_text())
     if (path / RunDir.CHECKPOINT).is_file():
         return run(force=False, resume=True)
@@ -70,12 +117,13 @@ def _distinct_ops(genotype: Genotype) -> dict:
     return {f"{c}_ops": len(op_counts(getattr(genotype, c))) for c in ("normal", "reduce")}
 
 
-def _task(msg: str, path: Path, run: Callable[..., dict], log=None, after: dict | None = None) -> dict:
+def _task(msg: str, path: Path, run: Callable[..., dict], log=None, after: dict | None = None, cfg=None,
+          genotype_spec: str | None = None) -> dict:
     """One search or training run, in this process or as a Ray task (log None: to stderr, which Ray
     forwards to the driver). `after`: the result of the search it trains (unused; a Ray task waits for it)."""
     log = log or partial(print, file=sys.stderr, flush=True)
     log(msg)
-    return _run_or_resume(path, partial(run, log=log))
+    return _run_or_resume(path, partial(run, log=log), cfg, genotype_spec)
 
 
 class _Sequential:
@@ -86,8 +134,8 @@ class _Sequential:
     def __init__(self, log):
         self.log = log
 
-    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None) -> dict:
-        return _task(msg, path, run, self.log, after)
+    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None, genotype_spec=None) -> dict:
+        return _task(msg, path, run, self.log, after, cfg, genotype_spec)
 
     def get(self, result: dict | None) -> dict | None:
         return result
@@ -128,9 +176,10 @@ class _Ray:
         self.task = self.ray.remote(_task)
         self.pending: dict = {}  # ObjectRef -> message, until its line is logged
 
-    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None):
+    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None, genotype_spec=None):
         gpu = int(self.gpus and cfg.runtime.device != "cpu")
-        ref = self.task.options(num_cpus=self.threads, num_gpus=gpu).remote(msg, path, run, None, after)
+        ref = self.task.options(num_cpus=cfg.runtime.threads, num_gpus=gpu).remote(
+            msg, path, run, None, after, cfg, genotype_spec)
         self.pending[ref] = msg
         return ref
 
@@ -157,47 +206,67 @@ class _Ray:
 
 
 def _submit(acfg: AblateConfig, configs: dict, out: Path, ex):
-    """Per (row, seed), in table order: its search (None for random cells), its trainings by preset."""
+    """Per (row, seed), in table order: its search (None if it searches nothing), its trainings by
+    (training, t)."""
     total = len(acfg.rows) * acfg.seeds
     for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
         sdir, search = base / "search", None
         if name == RANDOM_ROW:
             genotype_spec = f"random:{seed}"
+        elif spec.genotype is not None:
+            genotype_spec = spec.genotype
         else:
             cfg = configs[name, seed, "search"]
             search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
         trains = {}
-        for tp in acfg.train_presets:
-            cfg, tdir = configs[name, seed, tp], base / f"train-{tp}"
-            trains[tp] = ex.submit(f"{what}: train ({tp})", tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search)
+        for tr in ablate_trainings(acfg):
+            for t in range(acfg.train_seeds):
+                if (name, seed, tr.name, t) not in configs:
+                    continue
+                cfg, tdir = configs[name, seed, tr.name, t], base / (f"train-{tr.name}" + (f"-t{t}" if t else ""))
+                trains[tr.name, t] = ex.submit(f"{what}: train ({tr.name}{f', t{t}' if t else ''})", tdir,
+                                               partial(run_train, cfg, genotype_spec, tdir), cfg, search, genotype_spec)
         yield name, seed, sdir, genotype_spec, search, trains
+
+
+def _keep_previous(run: RunDir, text: str, log) -> None:
+    """On a resume with other comparison settings, the previous ablation.yaml is kept beside the new one."""
+    old = run.file("ablation.yaml")
+    if old.is_file() and old.read_text() != text:
+        n = next(i for i in itertools.count(1) if not run.file(f"ablation.yaml.{i}").exists())
+        old.rename(run.file(f"ablation.yaml.{n}"))
+        log(f"nge ablate: the comparison's settings changed; the previous ones are in {run.file(f'ablation.yaml.{n}')} "
+            "(every finished run is checked against the new ones)")
+    run.write_text("ablation.yaml", text)
 
 
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,
                  log=print, executor: str = "sequential", address: str | None = None,
                  threads_per_run: int | None = None) -> list[dict]:
-    """executor="ray": every run a Ray task on the cluster at `address` (None: a new local instance),
-    each with `threads_per_run` CPUs and as many torch threads (runtime.threads; default 1)."""
+    """executor="ray": every run a Ray task on the cluster at `address` (None: a new local instance).
+    `threads_per_run`: every run's runtime.threads (and, with Ray, its CPUs); None: each preset's own,
+    and under Ray 1 where a preset leaves it unset. With equal threads the executors give the same table."""
     single_process("nge ablate")
     if executor not in ("sequential", "ray"):
         raise NGEError(f"unknown executor {executor!r} (sequential or ray)")
-    if executor == "sequential" and (address is not None or threads_per_run is not None):
-        raise NGEError("--address and --threads-per-run need --executor ray")
-    threads = 1 if threads_per_run is None else threads_per_run
-    if threads < 1:
-        raise NGEError(f"--threads-per-run must be >= 1, got {threads}")
-    if executor == "ray" and any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides):
-        raise NGEError("with --executor ray give --threads-per-run instead of runtime.threads")
-    configs = _configs(acfg, overrides)
+    if executor == "sequential" and address is not None:
+        raise NGEError("--address needs --executor ray")
+    if threads_per_run is not None and threads_per_run < 1:
+        raise NGEError(f"--threads-per-run must be >= 1, got {threads_per_run}")
+    if threads_per_run is not None and any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides):
+        raise NGEError("give --threads-per-run or runtime.threads, not both")
+    configs = _configs(acfg, overrides, threads_per_run)
     if executor == "ray":
         _import_ray()  # before any work
-        for cfg in configs.values():  # as many torch threads as the task holds CPUs
-            cfg.runtime.threads = threads
+        for cfg in configs.values():  # a Ray task holds as many CPUs as its run has torch threads
+            cfg.runtime.threads = cfg.runtime.threads or 1
     out = Path(out)
     run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
-    run.write_text("ablation.yaml", to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n")
-    ex = _Ray(address, threads, log) if executor == "ray" else _Sequential(log)
+    _keep_previous(run, to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n"
+                   + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
+    ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
+    trainings = [tr.name for tr in ablate_trainings(acfg)]
     rows: list[dict] = []
     try:
         plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex)
@@ -206,17 +275,27 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
         for name, seed, sdir, genotype_spec, search_ref, trains in plan:
             search = ex.get(search_ref)
             genotype = resolve_genotype(genotype_spec) if search is None else Genotype.from_dict(search["genotype"])
-            row = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
+            base = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
             if search is not None:
-                row.update(search_val_acc=search["final_val_acc"], search_seconds=search["wall_seconds"],
-                           **_final_telemetry(sdir))
-            row.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
-            for tp, ref in trains.items():
-                train = ex.get(ref)
-                row[f"test_acc[{tp}]"] = train["final_test_acc"]
-                row[f"train_seconds[{tp}]"] = train["wall_seconds"]
-                row[f"params[{tp}]"] = train["params"]
-            rows.append(row)
+                base.update(search_val_acc=search["final_val_acc"], search_seconds=search["wall_seconds"],
+                            **_final_telemetry(sdir))
+            base.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
+            for t in range(acfg.train_seeds):
+                row = {**base, "train_seed": train_seed(seed, t)}
+                for tr in trainings:
+                    if (tr, t) not in trains:
+                        continue
+                    train = ex.get(trains[tr, t])
+                    row[f"test_acc[{tr}]"] = train["final_test_acc"]
+                    if "final_val_acc" in train:
+                        row[f"val_acc[{tr}]"] = train["final_val_acc"]
+                    if "train_loss_sum" in train:
+                        row[f"tse[{tr}]"] = train["train_loss_sum"]
+                    row[f"train_seconds[{tr}]"] = train["wall_seconds"]
+                    if "cpu_seconds" in train:
+                        row[f"cpu_seconds[{tr}]"] = train["cpu_seconds"]
+                    row[f"params[{tr}]"] = train["params"]
+                rows.append(row)
             write_tables(rows, acfg, run)
     except KeyboardInterrupt:
         if not ex.parallel:
@@ -228,7 +307,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     from nge import viz
 
     labels = {r.name: r.label or r.name for r in acfg.rows}
-    viz.plot_ablation(rows, list(labels), acfg.train_presets, run.file("ablation.png"), labels)
+    viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
     return rows
 
 
@@ -245,7 +324,8 @@ def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str
 
 
 def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
-    """ablation.csv: one line per (row, seed); ablation.md: mean ± std per row, RI against random."""
+    """ablation.csv: one line per (row, seed, training seed); ablation.md: mean ± std per row, RI against
+    random, search consistency, and (with several seeds per cell) each evaluator's reliability."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -253,10 +333,12 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
     writer.writerows(rows)
     run.write_text("ablation.csv", buf.getvalue())
     seeds = {r["seed"] for r in rows}
-    tps = acfg.train_presets
-    head = ["Model", "Search val acc (%)"] + [f"Test acc (%), {tp}" for tp in tps] + [f"RI (%), {tp}" for tp in tps]
-    head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)", "Search time (min)",
-             "Train time (min)", "Seeds"]
+    tps = [tr.name for tr in ablate_trainings(acfg)]
+    vals = [tp for tp in tps if any(f"val_acc[{tp}]" in r for r in rows)]
+    head = ["Model", "Search val acc (%)"] + [f"Val acc (%), {tp}" for tp in vals]
+    head += [f"Test acc (%), {tp}" for tp in tps] + [f"RI (%), {tp}" for tp in tps]
+    head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)", "Agreement across seeds",
+             "Search time (min)", "Train time (min)", "Seeds"]
     random = [r for r in rows if r["row"] == RANDOM_ROW]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in acfg.rows:
@@ -264,6 +346,7 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
         if not mine:
             continue
         cells = [spec.label or spec.name, _mean_std(_values(mine, "search_val_acc"))]
+        cells += [_mean_std(_values(mine, f"val_acc[{tp}]")) for tp in vals]
         cells += [_mean_std(_values(mine, f"test_acc[{tp}]")) for tp in tps]
         for tp in tps:
             ref, acc = _values(random, f"test_acc[{tp}]"), _values(mine, f"test_acc[{tp}]")
@@ -271,14 +354,109 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
             cells.append("n/a" if ri is None else f"{ri:+.2f}")
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_ops"), 1, 1) for c in ("normal", "reduce")))
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_entropy"), 1, 3) for c in ("normal", "reduce")))
-        cells.append("n/a" if spec.name == RANDOM_ROW else f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}")
-        train_s = [sum(r[f"train_seconds[{tp}]"] for tp in tps) for r in mine]
-        cells += [f"{statistics.mean(train_s) / 60:.1f}", str(len(mine))]
+        searched = spec.name != RANDOM_ROW and spec.genotype is None
+        cells.append(_agreement_cell(mine) if searched or spec.name == RANDOM_ROW else "n/a")
+        cells.append(f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a")
+        train_s = [sum(r.get(f"train_seconds[{tp}]", 0.0) for tp in tps) for r in mine]
+        cells += [f"{statistics.mean(train_s) / 60:.1f}", str(len({r['seed'] for r in mine}))]
         lines.append("| " + " | ".join(cells) + " |")
     presets = sorted({r.search_preset for r in acfg.rows if r.search_preset and r.name != RANDOM_ROW} - {acfg.search_preset})
     others = f" (rows may name another: {', '.join(presets)})" if presets else ""
-    note = (f"\nSearch preset `{acfg.search_preset}`{others}, training presets {', '.join(tps)}; mean ± std over "
+    note = (f"\nSearch preset `{acfg.search_preset}`{others}, trainings {', '.join(tps)}; mean ± std over "
             f"{len(seeds)} seed(s) where more than one; accuracies are final-epoch values. RI: relative improvement "
             "of the mean test accuracy over the random cells'. Distinct ops: in the derived cells (8 edges each); "
-            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform).\n")
-    atomic_write_text(run.file("ablation.md"), "\n".join(lines) + "\n" + note)
+            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform). Agreement: the "
+            "share of (node, input, op) choices two seeds' cells share, averaged over pairs of seeds, against "
+            f"{100 * RANDOM_AGREEMENT:.1f}% for uniformly random cells (exact).\n")
+    text = "\n".join(lines) + "\n" + note + evaluator_tables(rows, acfg)
+    atomic_write_text(run.file("ablation.md"), text)
+
+
+def _agreement_cell(mine: list[dict]) -> str:
+    cells = {r["seed"]: Genotype.from_dict(json.loads(r["genotype"])) for r in mine}
+    if len(cells) < 2:
+        return "n/a"
+    return f"{100 * mean_agreement(list(cells.values())):.1f}%"
+
+
+def _cells(rows: list[dict], acfg: AblateConfig) -> dict[tuple, list[dict]]:
+    """The table's lines grouped by cell: a genotype row is one cell; a searched or random row's seeds are
+    cells of their own, each trained train_seeds times."""
+    fixed = {r.name for r in acfg.rows if r.genotype is not None}
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["row"],) if r["row"] in fixed else (r["row"], r["seed"]), []).append(r)
+    return out
+
+
+def _metric(tp: str, rows: list[dict]) -> tuple[str, str]:
+    """What an evaluator's score is: validation accuracy where measured, else test accuracy."""
+    return (f"val_acc[{tp}]", "val acc") if any(f"val_acc[{tp}]" in r for r in rows) else (f"test_acc[{tp}]", "test acc")
+
+
+def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
+    """Each training as an evaluator of cells: its ICC over the cells trained more than once (with a 90%
+    bootstrap interval over cells) and, against the reference training, rank correlations."""
+    cells = _cells(rows, acfg)
+    tps = [tr.name for tr in ablate_trainings(acfg)]
+    if not any(len(v) > 1 for v in cells.values()):
+        return ""
+    out = ["", "### Evaluators", "",
+           "| Evaluator | Score | Cells | ICC [90% CI] | Within-cell std | Smallest difference, 1 / 2 / 5 seeds "
+           "| CPU min per cell-training |", "|---|---|---|---|---|---|---|"]
+    icc_of = {}
+    for tp in tps:
+        for key, what in (_metric(tp, rows), (f"tse[{tp}]", "-TSE")):
+            groups = [[(-1 if what == "-TSE" else 100) * r[key] for r in v if r.get(key) is not None] for v in cells.values()]
+            groups = [g for g in groups if g]
+            if sum(len(g) > 1 for g in groups) < 2:
+                continue
+            est = icc(groups)
+            icc_of[tp, what] = est
+            lo, hi = bootstrap(groups, icc)
+            sd = math.sqrt(est.within)
+            mdd = " / ".join(f"{smallest_difference(sd, n):.2f}" for n in (1, 2, 5))
+            cpu = _values(rows, f"cpu_seconds[{tp}]")
+            cpu_min = f"{statistics.mean(cpu) / 60:.1f}" if cpu else "n/a"
+            out.append(f"| {tp} | {what} | {len(groups)} | {est.icc:.2f} [{lo:.2f}, {hi:.2f}] | {sd:.3g} | {mdd} | {cpu_min} |")
+    out += ["", "ICC = σ²_between / (σ²_between + σ²_within) of one-way ANOVA over cells (training seeds the "
+            "replicates); 1 = seeds never reorder cells. Smallest difference: between two cells' means of n seeds each, "
+            "detected at α = 0.05 (two-sided) with power 0.8, in the score's unit (accuracy points; TSE: loss). TSE: the sum of "
+            "the training losses over the epochs, negated so that higher is better.", ""]
+    if acfg.reference:
+        ref_key = _metric(acfg.reference, rows)[0]
+        out += [f"Rank correlation of each evaluator's cell means with the reference `{acfg.reference}`, 90% bootstrap "
+                "over cells; corrected: divided by the square root of both reliabilities of a cell mean "
+                "(Spearman-Brown of the ICC), the correlation the evaluators' noise leaves room for.", "",
+                "| Evaluator | Score | Cells | Spearman [90% CI] | Kendall [90% CI] | Spearman, noise-corrected |",
+                "|---|---|---|---|---|---|"]
+        for tp in tps:
+            if tp == acfg.reference:
+                continue
+            for key, what in (_metric(tp, rows), (f"tse[{tp}]", "-TSE")):
+                pairs = []
+                for v in cells.values():
+                    a = [(-1 if what == "-TSE" else 1) * r[key] for r in v if r.get(key) is not None]
+                    b = [r[ref_key] for r in v if r.get(ref_key) is not None]
+                    if a and b:
+                        pairs.append((statistics.mean(a), statistics.mean(b), len(a), len(b)))
+                if len(pairs) < 4:
+                    continue
+                xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+                rho, tau = spearman(xs, ys), kendall(xs, ys)
+                rlo, rhi = bootstrap_pairs(xs, ys, spearman)
+                klo, khi = bootstrap_pairs(xs, ys, kendall)
+                rel_a = _reliability(icc_of.get((tp, what)), statistics.mean(p[2] for p in pairs))
+                ref_what = _metric(acfg.reference, rows)[1]
+                rel_b = _reliability(icc_of.get((acfg.reference, ref_what)), statistics.mean(p[3] for p in pairs))
+                corr = f"{rho / math.sqrt(rel_a * rel_b):.2f}" if rel_a and rel_b else "n/a"
+                out.append(f"| {tp} | {what} | {len(pairs)} | {rho:.2f} [{rlo:.2f}, {rhi:.2f}] | "
+                           f"{tau:.2f} [{klo:.2f}, {khi:.2f}] | {corr} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _reliability(est, k: float) -> float | None:
+    if est is None or est.icc <= 0:
+        return None
+    return k * est.icc / (1 + (k - 1) * est.icc)

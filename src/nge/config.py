@@ -90,6 +90,10 @@ class TrainDataConfig(DataConfig):
     cutout: int = 0  # cutout square side in pixels; 0 disables
     workers: int = 4  # DataLoader processes decoding images (imagenet, and a folder set too large for memory)
     resize: int = 256  # shorter side before the test centre crop (data.name=imagenet only)
+    # Training-set images held out as a validation split, measured after every epoch (val_acc) so
+    # that cells are compared without the test split. The same images for every seed, never among
+    # the (data.limit) training images. 0: none. Data held in memory only (not imagenet or folder).
+    val: int = 0
 
 
 @dataclass
@@ -400,6 +404,9 @@ def _validate_train(cfg: TrainRunConfig) -> None:
     _check(t.schedule == Schedule.linear or t.warmup_epochs == 0, "train.warmup_epochs needs train.schedule=linear")
     _check(m.mult_adds_limit is None or m.mult_adds_limit > 0, "model.mult_adds_limit must be > 0 or null")
     _check(d.cutout >= 0, f"data.cutout must be >= 0, got {d.cutout}")
+    _check(d.val >= 0, f"data.val must be >= 0, got {d.val}")
+    _check(d.val == 0 or d.name not in (DataName.imagenet, DataName.folder),
+           f"data.val holds out images of a data set in memory; data.name={d.name} has its own val/test folders")
     if d.name == DataName.imagenet:
         _check(d.crop_pad == 0 and d.cutout == 0 and d.flip,
                "imagenet training always flips and takes random-resized crops: data.flip=true, data.crop_pad=0, data.cutout=0")
@@ -415,12 +422,24 @@ RANDOM_ROW = "random"  # the ablation row whose cells are drawn uniformly instea
 class AblateRow:
     """One method of a comparison: a name (also its folder), a table label and its search overrides.
 
-    The row named `random` searches nothing: seed k trains the genotype `random:k`."""
+    The row named `random` searches nothing: seed k trains the genotype `random:k`. A row with a
+    `genotype` searches nothing either: every seed trains that one cell (its seeds are training seeds)."""
 
     name: str = MISSING
     label: str | None = None  # None: the name
     search_preset: str | None = None  # None: the comparison's search_preset
     search: list[str] = field(default_factory=list)
+    genotype: str | None = None  # a built-in name, random:K or a genotype.json file (see nge train --genotype)
+
+
+@dataclass
+class AblateTraining:
+    """One way of training every cell (an evaluator): a name (its column and folder), a preset, overrides."""
+
+    name: str = MISSING
+    preset: str = MISSING
+    overrides: list[str] = field(default_factory=list)
+    seeds: int | None = None  # train only the first N seeds of every row; None: all
 
 
 def _table4_rows() -> list[AblateRow]:
@@ -439,6 +458,16 @@ class AblateConfig:
     search_overrides: list[str] = field(default_factory=list)
     train_presets: list[str] = field(default_factory=lambda: ["quick"])
     train_overrides: list[str] = field(default_factory=list)
+    # In place of train_presets and train_overrides: trainings with names and their own overrides.
+    trainings: list[AblateTraining] = field(default_factory=list)
+    # Trainings of every cell: the t-th has runtime.seed = seed + 1000 t (t = 0: the search's own seed).
+    train_seeds: int = 1
+    reference: str | None = None  # the training every other one is correlated with (a trainings name)
+
+
+def ablate_trainings(cfg: AblateConfig) -> list[AblateTraining]:
+    """The comparison's trainings: `trainings`, or one per train preset with `train_overrides`."""
+    return list(cfg.trainings) or [AblateTraining(tp, tp, list(cfg.train_overrides)) for tp in cfg.train_presets]
 
 
 @dataclass
@@ -505,10 +534,20 @@ def _validate_ablate(cfg: AblateConfig) -> None:
     names = [r.name for r in cfg.rows]
     _check(bool(names) and len(set(names)) == len(names) and all(n and "/" not in n for n in names),
            "rows must have distinct, non-empty names without '/'")
-    _check(bool(cfg.train_presets), "train_presets is empty")
+    _check(bool(cfg.train_presets) or bool(cfg.trainings), "train_presets is empty")
+    _check(not (cfg.trainings and cfg.train_overrides), "give trainings their own overrides, not train_overrides")
+    _check(cfg.train_seeds >= 1, f"train_seeds must be >= 1, got {cfg.train_seeds}")
+    trainings = [t.name for t in ablate_trainings(cfg)]
+    _check(len(set(trainings)) == len(trainings) and all(n and "/" not in n for n in trainings),
+           "trainings must have distinct, non-empty names without '/'")
+    _check(all(t.seeds is None or t.seeds >= 1 for t in cfg.trainings), "a training's seeds must be >= 1")
+    _check(cfg.reference is None or cfg.reference in trainings,
+           f"reference '{cfg.reference}' is not one of the trainings ({', '.join(trainings)})")
     for r in cfg.rows:
-        _check(r.name != RANDOM_ROW or not (r.search or r.search_preset),
+        _check(r.name != RANDOM_ROW or not (r.search or r.search_preset or r.genotype),
                "the random row searches nothing; give it no search settings")
+        _check(r.genotype is None or not (r.search or r.search_preset),
+               f"row '{r.name}' trains the genotype {r.genotype}; give it no search settings")
 
 
 _VALIDATORS = {

@@ -7,13 +7,14 @@ mean row by little more than a shared offset). `cell_telemetry` measures all of 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-from nge.space import PRIMITIVES, CellGenotype
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Genotype, Topology
 
 
 def cell_telemetry(p: torch.Tensor | Sequence[Sequence[float]]) -> dict[str, float | int]:
@@ -54,3 +55,31 @@ def op_counts(cell: CellGenotype, primitives: Sequence[str] = PRIMITIVES) -> dic
     """How often each op appears in a derived cell (ops that do not appear are left out), in op order."""
     counts = Counter(op for op, _ in cell)
     return {op: counts[op] for op in primitives if counts[op]}
+
+
+def agreement(a: Genotype, b: Genotype) -> float:
+    """The share of (node, input, op) choices two genotypes share: for every intermediate node of both
+    cell types, how many of its two (input, op) choices the other genotype also makes there."""
+    same = total = 0
+    for c in ("normal", "reduce"):
+        ca, cb = getattr(a, c), getattr(b, c)
+        for k in range(0, len(ca), 2):
+            same += len(set(ca[k:k + 2]) & set(cb[k:k + 2]))
+            total += 2
+    return same / total
+
+
+def mean_agreement(genotypes: Sequence[Genotype]) -> float:
+    """`agreement` averaged over every pair (of seeds)."""
+    pairs = list(itertools.combinations(genotypes, 2))
+    return sum(agreement(a, b) for a, b in pairs) / len(pairs)
+
+
+def random_agreement(topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)) -> float:
+    """`agreement`'s expectation for two independent uniformly random cells (`space.random_genotype`),
+    exactly: a node with m predecessors shares each of one cell's two choices with probability (2 / m) (1 / O)."""
+    nodes = range(topology.n_inputs, topology.n_graph_nodes)
+    return sum(2 / m / n_ops for m in nodes) / len(nodes)
+
+
+RANDOM_AGREEMENT = random_agreement()

@@ -29,7 +29,7 @@ from nge.data import (
     scan_folder,
 )
 from nge.data.folder import MEMORY_LIMIT, ImageFolder
-from nge.data.sets import IMAGENET_SIZE, class_names
+from nge.data.sets import IMAGENET_SIZE, ImageSet, class_names
 from nge.engine import (
     Meter,
     Phase,
@@ -64,24 +64,42 @@ class TrainData:
     description: str
     n_train: int
     classes: tuple[str, ...] = ()  # class names, where the data has them
+    val: Any = None  # the held-out validation split (data.val), or None
 
 
 def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> TrainData:
     """CIFAR-size data held on the device, augmented per batch."""
     d = cfg.data
-    train = data.train
+    train, val = held_out(data.train, d.val)
     if d.limit is not None:
+        if d.val and d.limit > len(train):
+            raise NGEError(f"data.limit={d.limit} with data.val={d.val} needs {d.limit + d.val} training images; "
+                           f"the set has {len(data.train)}: lower one of them")
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.runtime.seed))
         train = train.subset(perm[: d.limit])
     common = dict(mean=data.mean, std=data.std, device=device, seed=cfg.runtime.seed,
                   channels_last=cfg.runtime.channels_last, shard=world())
+    eval_batch = -(-max(d.batch_size, 256) // world()[1])  # at least 256 images in all, split over the processes
     return TrainData(
         BatchLoader(train, d.batch_size, shuffle=True, drop_last=True, augment=Augment(d.crop_pad, d.flip, d.cutout),
                     **common),
-        # test batches of at least 256 images in all, split over the processes
-        BatchLoader(data.test, -(-max(d.batch_size, 256) // world()[1]), **common),
+        BatchLoader(data.test, eval_batch, **common),
         data.in_channels, data.num_classes, data.image_size, describe(data), len(train), data.classes,
+        val=BatchLoader(val, eval_batch, **common) if val is not None else None,
     )
+
+
+VAL_SEED = 20_260_101  # fixes the validation split (data.val): the same images whatever runtime.seed
+
+
+def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet | None]:
+    """(the rest, `n` images held out): a fixed random subset, independent of the run's seed."""
+    if n == 0:
+        return train, None
+    if n >= len(train):
+        raise NGEError(f"data.val={n} leaves no training images (the set has {len(train)})")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED))
+    return train.subset(perm[n:].sort().values), train.subset(perm[:n].sort().values)
 
 
 def imagenet_data(cfg: TrainRunConfig) -> TrainData:
@@ -136,7 +154,7 @@ class TrainTask:
         t = cfg.train
         self.params = list(self.net.parameters())
         self.opt = torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        self.train_loader, self.test_loader = data.train, data.test
+        self.train_loader, self.test_loader, self.val_loader = data.train, data.test, data.val
         self.top5 = cfg.data.name == "imagenet"
         self.steps = 0  # optimiser steps taken (the linear schedule is per step)
 
@@ -177,18 +195,19 @@ class TrainTask:
         return [Phase("train", self.train_loader, lambda b, m: self.train_step(*b, m["train"]))]
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
-        return {**meters["train"].result("train"), **self.test(), "lr": self.lr, "drop_path": self.drop}
+        val = self.test(self.val_loader, "val") if self.val_loader is not None else {}
+        return {**meters["train"].result("train"), **val, **self.test(), "lr": self.lr, "drop_path": self.drop}
 
-    def test(self) -> dict[str, float]:
+    def test(self, loader=None, split: str = "test") -> dict[str, float]:
         self.net.eval()
+        loader = self.test_loader if loader is None else loader
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             x = self.to_device(x)
             with autocast(self.device, self.cfg.runtime.amp):
                 return self.net(x)[0]
 
-        return evaluate(forward, self.test_loader, len(self.test_loader), "test", self.cfg.runtime.progress, "test",
-                        top5=self.top5)
+        return evaluate(forward, loader, len(loader), split, self.cfg.runtime.progress, split, top5=self.top5)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps}
@@ -241,6 +260,9 @@ class TrainJob(Job):
             **({"final_test_top5": last["test_top5"]} if "test_top5" in last else {}),
             "best_test_acc": max(m["test_acc"] for m in metrics),
             "final_train_acc": last.get("train_acc"),
+            **({"final_val_acc": last["val_acc"], "val_images": self.cfg.data.val} if "val_acc" in last else {}),
+            # the sum over epochs of the training loss (TSE, Ru et al. 2021), a ranking signal of its own
+            "train_loss_sum": sum(m["train_loss"] for m in metrics if m.get("train_loss") is not None),
             **({"classes": list(self.data.classes)} if self.data.classes else {}),
         }
         log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "

@@ -121,8 +121,9 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
     if not main:
         return None
     summary = {"preset": cfg.preset, **job.finish(task, metrics, run, log), "epochs": len(metrics),
-               "wall_seconds": round(sum(m["seconds"] for m in metrics), 2), "device": str(device),
-               "processes": procs, "global_batch": procs * batch}
+               "wall_seconds": round(sum(m["seconds"] for m in metrics), 2),
+               "cpu_seconds": round(sum(m.get("cpu_seconds", 0.0) for m in metrics), 2), "device": str(device),
+               "threads": torch.get_num_threads(), "processes": procs, "global_batch": procs * batch}
     run.write_json("summary.json", summary)
     if writer:
         job.tensorboard_end(writer, task, run, len(metrics))

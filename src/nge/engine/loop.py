@@ -346,7 +346,7 @@ def fit(task: EpochTask, epochs: int, run: RunDir, *, config: dict | None = None
     with _StopSignals() as stop:
         while pos.epoch < epochs:
             epoch = pos.epoch
-            t0 = time.perf_counter() - pos.elapsed
+            t0, c0 = time.perf_counter() - pos.elapsed, time.process_time()
             meters: dict[str, Meter] = defaultdict(Meter)
             for name, m in pos.meters.items():  # partial sums of all processes, held by the first
                 meters[name].load_state_dict(m if is_main() else {k: 0 for k in m})
@@ -364,6 +364,7 @@ def fit(task: EpochTask, epochs: int, run: RunDir, *, config: dict | None = None
                 meters[name].all_reduce()
             row = {"epoch": epoch + 1, **task.end_epoch(epoch, meters)}
             row["seconds"] = round(time.perf_counter() - t0, 3)
+            row["cpu_seconds"] = round(time.process_time() - c0, 3)  # all threads; a resumed epoch: since the resume
             pos = _Position(epoch + 1, [*pos.history, row])
             _checkpoint(task, run, pos, meta)
             if is_main():
