@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequential: one run after another in this process (default); ray: every run a Ray task")
     a.add_argument("--address", help="with --executor ray: the cluster to use, e.g. auto (default: a new local instance)")
     a.add_argument("--threads-per-run", type=int, metavar="T",
-                   help="with --executor ray: CPU threads (and Ray CPUs) per run (default 1)")
+                   help="torch threads (with --executor ray also Ray CPUs) of every run; default: each preset's "
+                        "runtime.threads, under Ray 1 where unset")
     a.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="overrides for every search and training run, e.g. data.root=DIR")
     a.set_defaults(func=cmd_ablate)

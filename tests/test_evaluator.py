@@ -1,0 +1,224 @@
+"""The evaluator instrument: statistics, cross-seed agreement, the validation split, and ablations
+that train named genotypes with several seeds and named trainings (issue: search quality II, part 1)."""
+
+import itertools
+import json
+import math
+import random
+import statistics
+from fractions import Fraction
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from nge.ablate import run_ablation
+from nge.cli import main
+from nge.config import AblateConfig
+from nge.data.sets import ImageSet
+from nge.errors import NGEError
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, random_genotype
+from nge.stats import icc, kendall, smallest_difference, spearman
+from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
+from nge.train import held_out
+
+QUIET = ["runtime.progress=false", "runtime.threads=1"]
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_icc_of_textbook_cases():
+    assert icc([[1, 1], [2, 2], [3, 3]]).icc == pytest.approx(1.0)  # seeds never disagree
+    assert icc([[1, 2], [1, 2], [1, 2]]).icc == 0.0  # every cell the same: only noise
+    # balanced one-way ANOVA by hand: means 2, 5, 8; MSB = 2 * 18 / 2 = 18, MSW = 6 / 3 = 2
+    est = icc([[1, 3], [4, 6], [7, 9]])
+    assert est.within == pytest.approx(2.0) and est.between == pytest.approx((18 - 2) / 2)
+    assert est.icc == pytest.approx(8 / 10)
+
+
+def test_icc_recovers_simulated_variance_components():
+    rng = random.Random(0)
+    groups = []
+    for _ in range(400):  # sigma_between = 2, sigma_within = 1: ICC = 4 / 5
+        mu = rng.gauss(0, 2)
+        groups.append([mu + rng.gauss(0, 1) for _ in range(rng.choice((2, 3)))])  # unbalanced
+    est = icc(groups)
+    assert est.icc == pytest.approx(0.8, abs=0.05) and est.within == pytest.approx(1.0, abs=0.1)
+
+
+def test_rank_correlations_against_brute_force():
+    xs, ys = [1.0, 2.0, 2.0, 4.0, 5.0, 3.0], [2.0, 1.0, 3.0, 3.0, 6.0, 4.0]
+    assert spearman(xs, xs) == pytest.approx(1) and spearman(xs, [-x for x in xs]) == pytest.approx(-1)
+    pairs = list(itertools.combinations(range(len(xs)), 2))
+    sign = lambda v: (v > 0) - (v < 0)  # noqa: E731
+    s = sum(sign(xs[i] - xs[j]) * sign(ys[i] - ys[j]) for i, j in pairs)
+    n_x = sum(sign(xs[i] - xs[j]) != 0 for i, j in pairs)
+    n_y = sum(sign(ys[i] - ys[j]) != 0 for i, j in pairs)
+    assert kendall(xs, ys) == pytest.approx(s / math.sqrt(n_x * n_y))  # tau-b
+    # Spearman = Pearson of the mid-ranks, computed here with numpy-free sorting
+    rank = lambda v: [statistics.mean(k + 1 for k, w in enumerate(sorted(v)) if w == x) for x in v]  # noqa: E731
+    rx, ry = rank(xs), rank(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    assert spearman(xs, ys) == pytest.approx(num / den)
+
+
+def test_smallest_difference_has_the_stated_power():
+    rng, n, sd = random.Random(1), 3, 0.7
+    d = smallest_difference(sd, n)
+    se = sd * math.sqrt(2 / n)
+    hits = sum(abs(statistics.mean(rng.gauss(d, sd) for _ in range(n)) - statistics.mean(rng.gauss(0, sd) for _ in range(n)))
+               > 1.959964 * se for _ in range(4000))
+    assert hits / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+# ------------------------------------------------------------------------------------------- agreement
+
+
+def test_agreement_counts_shared_node_input_op_choices():
+    g = random_genotype(0)
+    assert agreement(g, g) == 1.0
+    d = g.to_dict()
+    d["normal"][0][0] = next(op for op in PRIMITIVES if op != d["normal"][0][0])  # one choice of 16 changed
+    from nge.space import Genotype
+    assert agreement(g, Genotype.from_dict(d)) == pytest.approx(15 / 16)
+    assert mean_agreement([g, g, Genotype.from_dict(d)]) == pytest.approx((1 + 2 * 15 / 16) / 3)
+
+
+def test_random_agreement_is_exact():
+    # by hand for 2 inputs, 4 nodes, 7 ops: mean over m = 2..5 of 2 / (7 m) = 11 / 120
+    assert DEFAULT_TOPOLOGY.n_inputs == 2 and len(PRIMITIVES) == 7
+    assert pytest.approx(float(Fraction(11, 120))) == RANDOM_AGREEMENT
+    sampled = statistics.mean(agreement(random_genotype(2 * k), random_genotype(2 * k + 1)) for k in range(3000))
+    assert sampled == pytest.approx(RANDOM_AGREEMENT, abs=0.006)  # 4.4 standard errors
+
+
+# ------------------------------------------------------------------------------------ validation split
+
+
+def test_held_out_images_are_fixed_and_never_trained_on():
+    n = 100
+    train = ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1), torch.arange(n) % 10)
+    rest, val = held_out(train, 20)
+    ids = lambda s: set(s.x.flatten().tolist())  # noqa: E731
+    assert len(ids(val)) == 20 and ids(rest) | ids(val) == set(range(n)) and not ids(rest) & ids(val)
+    assert ids(held_out(train, 20)[1]) == ids(val)  # the same whatever the run's seed
+    assert held_out(train, 0) == (train, None)
+    with pytest.raises(NGEError, match="leaves no training images"):
+        held_out(train, n)
+
+
+def test_train_reports_validation_accuracy_and_refuses_too_many_images(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["train", "--genotype", "random:1", "--preset", "smoke", "--out", str(out), *QUIET, "data.val=16"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert s["val_images"] == 16 and s["final_val_acc"] == rows[-1]["val_acc"] and 0 <= s["final_val_acc"] <= 1
+    assert s["train_loss_sum"] == pytest.approx(sum(r["train_loss"] for r in rows))
+    assert s["threads"] == 1 and s["cpu_seconds"] > 0
+    assert "training on 48 images" in capsys.readouterr().err  # 64 synthetic training images less 16
+    for extra, message in ((["data.val=60", "data.limit=10"], "needs 70 training images"),
+                           (["data.val=-1"], "data.val must be >= 0")):
+        assert main(["train", "--genotype", "random:1", "--preset", "smoke", "--out", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["train", "--genotype", "random:1", "--preset", "smoke-imagenet", "--out", str(tmp_path / "x"),
+                 "data.val=10", "data.root=/nonexistent"]) == 2
+    assert "data.val" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- ablations
+
+
+def _acfg(**kw) -> AblateConfig:
+    base = {"preset": "t", "search_preset": "smoke", "search_overrides": ["search.epochs=1"], "seeds": 2,
+            "trainings": [{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1", "data.val=16"]},
+                          {"name": "b", "preset": "smoke", "overrides": ["train.epochs=1", "model.C=6"], "seeds": 1}],
+            "rows": [{"name": "darts-v2", "genotype": "DARTS_V2"}, {"name": "r3", "genotype": "random:3"},
+                     {"name": "r4", "genotype": "random:4"}]}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {**base, **kw}))
+
+
+@pytest.mark.slow
+def test_genotype_rows_named_trainings_and_evaluator_tables(tmp_path):
+    out = tmp_path / "abl"
+    rows = run_ablation(_acfg(reference="b"), QUIET, out, log=lambda *_: None)
+    assert [(r["row"], r["seed"]) for r in rows] == [(n, s) for n in ("darts-v2", "r3", "r4") for s in (0, 1)]
+    for r in rows:
+        assert ("test_acc[b]" in r) == (r["seed"] == 0)  # training b: only the first seed
+        assert "val_acc[a]" in r and "val_acc[b]" not in r
+        want = {"darts-v2": "DARTS_V2", "r3": "random:3", "r4": "random:4"}[r["row"]]
+        from nge.genotypes import resolve_genotype
+        assert json.loads(r["genotype"]) == resolve_genotype(want).to_dict()
+        cfg = yaml.safe_load((out / f"{r['row']}-seed{r['seed']}" / "train-a" / "config.yaml").read_text())
+        assert cfg["runtime"]["seed"] == r["seed"] == r["train_seed"] and cfg["data"]["val"] == 16
+    assert not (out / "darts-v2-seed1" / "train-b").exists() and not (out / "r3-seed0" / "search").exists()
+    table = (out / "ablation.md").read_text()
+    assert "| Model | Search val acc (%) | Val acc (%), a | Test acc (%), a | Test acc (%), b |" in table
+    assert "### Evaluators" in table
+    line = next(x for x in table.splitlines() if x.startswith("| a | val acc | 3 |"))
+    groups = [[100 * r["val_acc[a]"] for r in rows if r["row"] == n] for n in ("darts-v2", "r3", "r4")]
+    assert f"| {icc(groups).icc:.2f} [" in line
+    assert "reference `b`" in table  # b has one seed: the correlation table has too few cells (3 < 4)
+
+
+@pytest.mark.slow
+def test_train_seeds_are_separate_from_the_search_seed(tmp_path):
+    acfg = _acfg(seeds=1, train_seeds=2, rows=[{"name": "random"}, {"name": "nge"}],
+                 trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]}])
+    out = tmp_path / "abl"
+    rows = run_ablation(acfg, QUIET, out, log=lambda *_: None)
+    assert [(r["row"], r["seed"], r["train_seed"]) for r in rows] == [("random", 0, 0), ("random", 0, 1000),
+                                                                       ("nge", 0, 0), ("nge", 0, 1000)]
+    assert rows[0]["genotype"] == rows[1]["genotype"]  # one cell, two trainings
+    search = yaml.safe_load((out / "nge-seed0" / "search" / "config.yaml").read_text())
+    second = yaml.safe_load((out / "nge-seed0" / "train-a-t1" / "config.yaml").read_text())
+    assert search["runtime"]["seed"] == 0 and second["runtime"]["seed"] == 1000
+    assert "### Evaluators" in (out / "ablation.md").read_text()
+
+
+@pytest.mark.slow
+def test_resume_refuses_finished_runs_made_with_other_settings(tmp_path, capsys):
+    out = tmp_path / "abl"
+    acfg = _acfg(seeds=1, trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]}],
+                 rows=[{"name": "random"}, {"name": "nge"}])
+    rows = run_ablation(acfg, QUIET, out, log=lambda *_: None)
+    assert run_ablation(acfg, QUIET, out, resume=True, log=lambda *_: None) == rows  # the same: read back
+    with pytest.raises(NGEError, match=r"random-seed0/train-a: the configuration differs from the run.s in data.batch_size"):
+        run_ablation(acfg, [*QUIET, "data.batch_size=8"], out, resume=True, log=lambda *_: None)
+    g = out / "nge-seed0" / "train-a" / "genotype.json"
+    g.write_text(random_genotype(9).to_json())
+    with pytest.raises(NGEError, match=r"nge-seed0/train-a: trained another genotype"):
+        run_ablation(acfg, QUIET, out, resume=True, log=lambda *_: None)
+    g.unlink()
+    # settings changed (a row added): the previous ablation.yaml is kept, not overwritten
+    logs = []
+    more = _acfg(seeds=1, trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]}],
+                 rows=[{"name": "random"}, {"name": "d", "genotype": "DARTS_V2"}])
+    run_ablation(more, QUIET, out, resume=True, log=logs.append)
+    assert "name: nge" in (out / "ablation.yaml.1").read_text() and "name: d" in (out / "ablation.yaml").read_text()
+    assert any("previous ones are in" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_threads_per_run_with_the_sequential_executor(tmp_path):
+    acfg = _acfg(seeds=1, trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]}],
+                 rows=[{"name": "nge"}])
+    out = tmp_path / "abl"
+    run_ablation(acfg, ["runtime.progress=false"], out, log=lambda *_: None, threads_per_run=1)
+    for run in ("search", "train-a"):  # smoke presets say runtime.threads: 2; --threads-per-run wins
+        assert yaml.safe_load((out / "nge-seed0" / run / "config.yaml").read_text())["runtime"]["threads"] == 1
+        assert json.loads((out / "nge-seed0" / run / "summary.json").read_text())["threads"] == 1
+
+
+def test_bad_trainings_are_refused_in_one_line(tmp_path):
+    for kw, message in (({"reference": "c"}, "reference 'c' is not one of the trainings"),
+                        ({"train_seeds": 0}, "train_seeds must be >= 1"),
+                        ({"rows": [{"name": "x", "genotype": "DARTS_V2", "search": ["search.epochs=1"]}]}, "give it no search"),
+                        ({"train_overrides": ["train.epochs=1"]}, "not train_overrides")):
+        with pytest.raises(NGEError, match=message):
+            run_ablation(_acfg(**kw), QUIET, tmp_path / "x")
+        assert not (tmp_path / "x").exists()
