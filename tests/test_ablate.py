@@ -1,5 +1,6 @@
 import csv
 import json
+import signal
 import sys
 
 import pytest
@@ -108,17 +109,47 @@ def test_ray_executor_gives_the_sequential_results(tmp_path, capsys):
     acfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
         "preset": "smoke", "search_preset": "smoke", "search_overrides": ["search.epochs=1"], "train_presets": ["smoke"],
         "train_overrides": ["train.epochs=1"], "rows": [{"name": "random"}, {"name": "nge"}]}))
-    run_ablation(acfg, QUIET, tmp_path / "seq")
+    run_ablation(acfg, ["runtime.progress=false"], tmp_path / "seq", threads_per_run=1)
     logs = []
-    rows = run_ablation(acfg, ["runtime.progress=false"], tmp_path / "ray", log=logs.append, executor="ray",
-                        threads_per_run=1)
+    mine = lambda *_: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        rows = run_ablation(acfg, ["runtime.progress=false"], tmp_path / "ray", log=logs.append, executor="ray",
+                            threads_per_run=1)
+        assert signal.getsignal(signal.SIGTERM) is mine  # the handler from before ray.init is back
+        with pytest.raises(NGEError, match="--threads-per-run 64 but the Ray cluster has"):
+            run_ablation(acfg, [], tmp_path / "big", executor="ray", threads_per_run=64)
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert [r["row"] for r in rows] == ["random", "nge"]
     assert _csv_without_times(tmp_path / "ray" / "ablation.csv") == _csv_without_times(tmp_path / "seq" / "ablation.csv")
+    for run in ("search/probs.jsonl", "search/metrics.jsonl"):
+        ray_lines = (tmp_path / "ray" / "nge-seed0" / run).read_text().splitlines()
+        seq_lines = (tmp_path / "seq" / "nge-seed0" / run).read_text().splitlines()
+        if run.endswith("probs.jsonl"):
+            assert ray_lines == seq_lines  # P bitwise, every epoch
+        else:
+            drop = lambda line: {k: v for k, v in json.loads(line).items() if "seconds" not in k}  # noqa: E731
+            assert [drop(x) for x in ray_lines] == [drop(x) for x in seq_lines]
     finished = sorted(line.split(": finished (")[0] for line in logs if ": finished (" in line)  # the driver's lines
     assert finished == ["ablation [1/2] random, seed 0: train (smoke)", "ablation [2/2] nge, seed 0: search",
                         "ablation [2/2] nge, seed 0: train (smoke)"]
     cfg = yaml.safe_load((tmp_path / "ray" / "nge-seed0" / "train-smoke" / "config.yaml").read_text())
     assert cfg["runtime"]["threads"] == 1
+    # a search that fails in its task: the running runs end, nothing else starts, its training is "not run"
+    bad = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
+        "preset": "smoke", "search_preset": "smoke", "search_overrides": ["search.epochs=1"], "train_presets": ["smoke"],
+        "train_overrides": ["train.epochs=1"],
+        "rows": [{"name": "random"}, {"name": "nge", "search": ["data.train_portion=0.999"]}, {"name": "darts"}]}))
+    with pytest.raises(NGEError) as e:
+        run_ablation(bad, ["runtime.progress=false"], tmp_path / "fail", log=lambda *_: None, executor="ray",
+                     threads_per_run=1)
+    msg = str(e.value)
+    assert msg.startswith("1 run(s) failed: ablation [2/3] nge, seed 0: search: train/val split") and "\n" not in msg
+    assert e.value.not_run[0] == "ablation [2/3] nge, seed 0: train (smoke)" and len(e.value.not_run) >= 1
+    assert (tmp_path / "fail" / "random-seed0" / "train-smoke" / "summary.json").is_file()  # it ran to its end
+    assert not (tmp_path / "fail" / "nge-seed0" / "train-smoke").exists()
     # an NGEError inside a task: one line and exit status 2, as in one process
     assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "bad"), "--executor", "ray",
                  "data.name=fashion_mnist", "data.root=/nonexistent"]) == 2

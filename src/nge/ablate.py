@@ -157,52 +157,104 @@ def _import_ray():
 
 
 class _Ray:
-    """Each run a Ray task holding one GPU (where the cluster has GPUs and the run may use one) or
-    `threads` CPUs; every run is submitted at once, trainings wait for their search."""
+    """Each run a Ray task holding one GPU (where the cluster has GPUs and the run may use one) or as many
+    CPUs as it has threads. Tasks start in table order, as many at once as the cluster holds; trainings
+    wait for their search. After a failure no further task starts, the running ones finish, and every
+    failure is reported at once (`_Failed`)."""
 
     parallel = True
 
     def __init__(self, address: str | None, threads: int, log):
         self.ray, self.threads, self.log = _import_ray(), threads, log
         self.started = not self.ray.is_initialized()
+        self.previous_sigterm = signal.getsignal(signal.SIGTERM)
         if self.started:  # else: the caller's connection, left open; address None starts a local instance
-            self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-            signal.signal(signal.SIGTERM, _interrupt)  # in place of Ray's handler, which dumps a stack
+            try:
+                self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            finally:
+                signal.signal(signal.SIGTERM, _interrupt)  # in place of Ray's handler, which dumps a stack
         resources = self.ray.cluster_resources()
         self.gpus = resources.get("GPU", 0) > 0
         if resources.get("CPU", 0) < threads:
             self.close()
             raise NGEError(f"--threads-per-run {threads} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
+        self.slots = max(1, int(resources.get("CPU", 0) // threads), int(resources.get("GPU", 0)))
         self.task = self.ray.remote(_task)
-        self.pending: dict = {}  # ObjectRef -> message, until its line is logged
+        self.queue: list[int] = []  # handles not started yet, in table order
+        self.specs: dict[int, tuple] = {}  # handle -> (msg, path, run, cfg, after handle, genotype spec)
+        self.refs: dict[int, object] = {}  # started handle -> ObjectRef
+        self.running: dict[object, int] = {}  # ObjectRef -> handle, until its line is logged
+        self.results: dict[int, dict] = {}
+        self.failures: dict[int, str] = {}
 
-    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None, genotype_spec=None):
-        gpu = int(self.gpus and cfg.runtime.device != "cpu")
-        ref = self.task.options(num_cpus=cfg.runtime.threads, num_gpus=gpu).remote(
-            msg, path, run, None, after, cfg, genotype_spec)
-        self.pending[ref] = msg
-        return ref
+    def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None, genotype_spec=None) -> int:
+        handle = len(self.specs)
+        self.specs[handle] = (msg, path, run, cfg, after, genotype_spec)
+        self.queue.append(handle)
+        self._start()
+        return handle
 
-    def _result(self, ref) -> dict:
+    def _start(self) -> None:
+        while self.queue and len(self.running) < self.slots and not self.failures:
+            handle = self.queue.pop(0)
+            msg, path, run, cfg, after, genotype_spec = self.specs[handle]
+            gpu = int(self.gpus and cfg.runtime.device != "cpu")
+            ref = self.task.options(num_cpus=cfg.runtime.threads, num_gpus=gpu).remote(
+                msg, path, run, None, None if after is None else self.refs[after], cfg, genotype_spec)
+            self.refs[handle] = ref
+            self.running[ref] = handle
+
+    def _wait_one(self) -> None:
+        [done], _ = self.ray.wait(list(self.running))
+        handle = self.running.pop(done)
+        msg, after = self.specs[handle][0], self.specs[handle][4]
         try:
-            return self.ray.get(ref)
+            self.results[handle] = self.ray.get(done)
+            self.log(f"{msg}: finished ({self.results[handle]['wall_seconds']:.0f} s)")
         except self.ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, NGEError):
-                raise e.cause from None  # one line, as in this process
-            raise
+            if after is None or not self._failed(after):  # else: its search failed and it never ran
+                self.failures[handle] = str(e.cause) if isinstance(e.cause, NGEError) else repr(e.cause)
+                self.log(f"{msg}: failed")
+        self._start()
 
-    def get(self, ref):
-        """`ref`'s result; meanwhile a line per run that finishes, in the order they finish."""
-        if ref is None:
+    def _failed(self, handle: int) -> bool:
+        if handle in self.failures:
+            return True
+        try:
+            self.ray.get(self.refs[handle])  # it has ended: its dependent task ended after it
+        except self.ray.exceptions.RayTaskError:
+            return True
+        return False
+
+    def get(self, handle: int | None):
+        """`handle`'s result; meanwhile a line per run that finishes, in the order they finish."""
+        if handle is None:
             return None
-        while ref in self.pending:
-            [done], _ = self.ray.wait(list(self.pending))
-            self.log(f"{self.pending.pop(done)}: finished ({self._result(done)['wall_seconds']:.0f} s)")
-        return self._result(ref)
+        while handle not in self.results and not self.failures:
+            self._wait_one()
+        if self.failures:
+            while self.running:  # let the running ones end
+                self._wait_one()
+            raise _Failed([(self.specs[h][0], err) for h, err in sorted(self.failures.items())],
+                          [self.specs[h][0] for h in self.specs if h not in self.results and h not in self.failures])
+        return self.results[handle]
 
     def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
+        try:
+            if self.started:
+                self.ray.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
+
+
+class _Failed(NGEError):
+    """Runs of a Ray ablation failed: every failure, and how many runs did not run."""
+
+    def __init__(self, failed: list[tuple[str, str]], not_run: list[str]):
+        self.failed, self.not_run = failed, not_run
+        lines = "; ".join(f"{msg}: {err}" for msg, err in failed)
+        super().__init__(f"{len(failed)} run(s) failed: {lines}; {len(not_run)} not run; the finished runs are kept "
+                         "(fix the cause and run the same command with --resume)")
 
 
 def _submit(acfg: AblateConfig, configs: dict, out: Path, ex):
