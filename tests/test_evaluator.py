@@ -18,7 +18,7 @@ from nge.cli import main
 from nge.config import AblateConfig
 from nge.data.sets import ImageSet
 from nge.errors import NGEError
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, random_genotype
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
 from nge.stats import icc, kendall, smallest_difference, spearman
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
 from nge.train import held_out
@@ -83,7 +83,6 @@ def test_agreement_counts_shared_node_input_op_choices():
     assert agreement(g, g) == 1.0
     d = g.to_dict()
     d["normal"][0][0] = next(op for op in PRIMITIVES if op != d["normal"][0][0])  # one choice of 16 changed
-    from nge.space import Genotype
     assert agreement(g, Genotype.from_dict(d)) == pytest.approx(15 / 16)
     assert mean_agreement([g, g, Genotype.from_dict(d)]) == pytest.approx((1 + 2 * 15 / 16) / 3)
 
@@ -212,6 +211,21 @@ def test_threads_per_run_with_the_sequential_executor(tmp_path):
     for run in ("search", "train-a"):  # smoke presets say runtime.threads: 2; --threads-per-run wins
         assert yaml.safe_load((out / "nge-seed0" / run / "config.yaml").read_text())["runtime"]["threads"] == 1
         assert json.loads((out / "nge-seed0" / run / "summary.json").read_text())["threads"] == 1
+
+
+@pytest.mark.slow
+def test_the_same_search_at_two_thread_counts_is_compared(tmp_path):
+    acfg = _acfg(seeds=1, trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]}],
+                 rows=[{"name": "nge"}, {"name": "nge-2t", "search": ["runtime.threads=2"]}, {"name": "darts",
+                       "search": ["search.arch.name=darts", "runtime.threads=2"]}])
+    out = tmp_path / "abl"
+    rows = run_ablation(acfg, ["runtime.progress=false"], out, log=lambda *_: None, threads_per_run=1)
+    assert json.loads((out / "nge-2t-seed0" / "search" / "summary.json").read_text())["threads"] == 2  # the row's own
+    table = (out / "ablation.md").read_text()
+    g = {r["row"]: Genotype.from_dict(json.loads(r["genotype"])) for r in rows}
+    want = agreement(g["nge"], g["nge-2t"])
+    assert f"| nge | nge-2t | 1 | {100 * want:.1f}% | {int(want == 1.0)} |" in table
+    assert "| nge | darts |" not in table and "| nge-2t | darts |" not in table  # other searches, not twins
 
 
 def test_bad_trainings_are_refused_in_one_line(tmp_path):

@@ -48,7 +48,7 @@ from nge.genotypes import resolve_genotype
 from nge.search import run_search
 from nge.space import Genotype
 from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman
-from nge.telemetry import RANDOM_AGREEMENT, mean_agreement, op_counts, probs_telemetry
+from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
 from nge.train import run_train
 
 
@@ -74,10 +74,32 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
                 for t in range(acfg.train_seeds):
                     configs[row.name, seed, tr.name, t] = load_config(
                         TrainRunConfig, "train", tr.preset, [*tr.overrides, *overrides, f"runtime.seed={train_seed(seed, t)}"])
+    own = {(r.name, seed, "search") for r in acfg.rows for seed in range(acfg.seeds) if _sets_threads(r.search)}
     if threads is not None:
-        for cfg in configs.values():
-            cfg.runtime.threads = threads
+        for key, cfg in configs.items():
+            if key not in own:  # a row's own runtime.threads (a numerical perturbation) is kept
+                cfg.runtime.threads = threads
     return configs
+
+
+def _sets_threads(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides)
+
+
+def _thread_twins(acfg: AblateConfig, configs: dict) -> list[tuple[str, str]]:
+    """Pairs of searched rows whose searches differ in runtime.threads only: the same search under a
+    numerical perturbation (float rounding changes with the thread count)."""
+    def without_threads(cfg) -> dict:
+        d = to_dict(cfg)
+        return {**d, "runtime": {k: v for k, v in d["runtime"].items() if k != "threads"}, "preset": None}
+
+    searched = [r.name for r in acfg.rows if (r.name, 0, "search") in configs]
+    twins = []
+    for a, b in itertools.combinations(searched, 2):
+        pairs = [(configs[a, s, "search"], configs[b, s, "search"]) for s in range(acfg.seeds)]
+        if all(x.runtime.threads != y.runtime.threads and without_threads(x) == without_threads(y) for x, y in pairs):
+            twins.append((a, b))
+    return twins
 
 
 def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
@@ -306,7 +328,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
         raise NGEError("--address needs --executor ray")
     if threads_per_run is not None and threads_per_run < 1:
         raise NGEError(f"--threads-per-run must be >= 1, got {threads_per_run}")
-    if threads_per_run is not None and any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides):
+    if threads_per_run is not None and _sets_threads(overrides):
         raise NGEError("give --threads-per-run or runtime.threads, not both")
     configs = _configs(acfg, overrides, threads_per_run)
     if executor == "ray":
@@ -319,6 +341,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                    + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
     trainings = [tr.name for tr in ablate_trainings(acfg)]
+    twins = _thread_twins(acfg, configs)
     rows: list[dict] = []
     try:
         plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex)
@@ -348,7 +371,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                         row[f"cpu_seconds[{tr}]"] = train["cpu_seconds"]
                     row[f"params[{tr}]"] = train["params"]
                 rows.append(row)
-            write_tables(rows, acfg, run)
+            write_tables(rows, acfg, run, twins)
     except KeyboardInterrupt:
         if not ex.parallel:
             raise
@@ -375,7 +398,7 @@ def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
+def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tuple[str, str]] = ()) -> None:
     """ablation.csv: one line per (row, seed, training seed); ablation.md: mean ± std per row, RI against
     random, search consistency, and (with several seeds per cell) each evaluator's reliability."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -420,7 +443,7 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
             "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform). Agreement: the "
             "share of (node, input, op) choices two seeds' cells share, averaged over pairs of seeds, against "
             f"{100 * RANDOM_AGREEMENT:.1f}% for uniformly random cells (exact).\n")
-    text = "\n".join(lines) + "\n" + note + evaluator_tables(rows, acfg)
+    text = "\n".join(lines) + "\n" + note + _twin_table(rows, acfg, twins) + evaluator_tables(rows, acfg)
     atomic_write_text(run.file("ablation.md"), text)
 
 
@@ -429,6 +452,23 @@ def _agreement_cell(mine: list[dict]) -> str:
     if len(cells) < 2:
         return "n/a"
     return f"{100 * mean_agreement(list(cells.values())):.1f}%"
+
+
+def _twin_table(rows: list[dict], acfg: AblateConfig, twins: list[tuple[str, str]]) -> str:
+    """Agreement of two rows' cells at equal seeds, for rows whose searches differ in threads only."""
+    out = []
+    labels = {r.name: r.label or r.name for r in acfg.rows}
+    for a, b in twins:
+        cell = {(r["row"], r["seed"]): Genotype.from_dict(json.loads(r["genotype"])) for r in rows if r["row"] in (a, b)}
+        shared = [agreement(cell[a, s], cell[b, s]) for s in range(acfg.seeds) if (a, s) in cell and (b, s) in cell]
+        if shared:
+            out.append(f"| {labels[a]} | {labels[b]} | {len(shared)} | {100 * statistics.mean(shared):.1f}% | "
+                       f"{sum(x == 1.0 for x in shared)} |")
+    if not out:
+        return ""
+    return "\n".join(["", "### The same search at another thread count", "",
+                      "| Row | Row | Seeds | Agreement at equal seeds | Identical cells |", "|---|---|---|---|---|", *out,
+                      "", f"Uniformly random cells agree in {100 * RANDOM_AGREEMENT:.1f}% of their choices.", ""]) + "\n"
 
 
 def _cells(rows: list[dict], acfg: AblateConfig) -> dict[tuple, list[dict]]:
