@@ -117,8 +117,8 @@ def test_ray_executor_gives_the_sequential_results(tmp_path, capsys):
         rows = run_ablation(acfg, ["runtime.progress=false"], tmp_path / "ray", log=logs.append, executor="ray",
                             threads_per_run=1)
         assert signal.getsignal(signal.SIGTERM) is mine  # the handler from before ray.init is back
-        with pytest.raises(NGEError, match="--threads-per-run 64 but the Ray cluster has"):
-            run_ablation(acfg, [], tmp_path / "big", executor="ray", threads_per_run=64)
+        with pytest.raises(NGEError, match="--threads-per-run 4096 but the Ray cluster has"):
+            run_ablation(acfg, [], tmp_path / "big", executor="ray", threads_per_run=4096)
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
