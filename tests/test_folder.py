@@ -200,6 +200,60 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path, colour):
     one_line_naming(e, fake)
 
 
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one `nge: error` line `argv` ends with: exit 2, no traceback anywhere in stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("nge: error") == 1 and err.endswith("\n"), err
+    line = err.splitlines()[-1]
+    assert line.startswith("nge: error: "), err
+    return line
+
+
+def test_a_file_pillow_cannot_decode_or_convert_stops_the_cli_with_one_line(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    assert main(["synth", "folder", str(data)]) == 0
+    capsys.readouterr()
+    search = ["search", "--preset", "smoke", "--out", str(tmp_path / "s"), "--force", *QUIET, "runtime.threads=1",
+              "data.name=folder", f"data.root={data}", "data.image_size=10"]
+    # a truncated JPEG among the PNGs
+    jpeg = data / "train" / "green" / "zz_cut.jpg"
+    Image.new("RGB", (30, 20), (10, 200, 90)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    line = cli_error(capsys, search)
+    assert "cannot decode image" in line and str(jpeg) in line
+    jpeg.unlink()
+    # a file Pillow reads but cannot convert: LAB (here a TIFF named .png) has no conversion to L
+    lab = data / "train" / "red" / "zz_lab.png"
+    Image.new("LAB", (30, 20), (50, 10, 10)).save(lab, format="TIFF")
+    assert main([*search, "search.epochs=1"]) == 0  # to RGB it converts (data.channels inferred: 3)
+    capsys.readouterr()
+    line = cli_error(capsys, [*search, "data.channels=1"])
+    assert "cannot decode image" in line and "LAB" in line and str(lab) in line
+    # the same file streamed by nge train through a DataLoader worker
+    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT", 1)
+    line = cli_error(capsys, ["train", "--preset", "smoke", "--genotype", "random:0", "--out", str(tmp_path / "t"),
+                              *QUIET, "runtime.threads=1", "data.name=folder", f"data.root={data}",
+                              "data.image_size=10", "data.channels=1", "data.workers=1", "data.batch_size=64",
+                              "train.epochs=1"])
+    assert "cannot decode image" in line and "LAB" in line and str(lab) in line
+
+
+def test_an_inferred_image_size_under_8_is_refused_as_a_given_one(tmp_path, capsys, colour):
+    first = sorted((colour / "train" / "blue").iterdir())[0]  # the image the size is inferred from
+    Image.new("RGB", (12, 7), (0, 0, 255)).save(first)
+    with pytest.raises(NGEError, match="data.image_size must be >= 8") as e:
+        scan_folder(colour, test=False)
+    one_line_naming(e, first)
+    with pytest.raises(NGEError, match="data.image_size must be >= 8"):
+        input_shape("folder", root=str(colour))
+    assert scan_folder(colour, test=False, image_size=8).size == 8  # a given size is taken
+    line = cli_error(capsys, ["search", "--preset", "smoke", "--out", str(tmp_path / "s"), *QUIET,
+                              "data.name=folder", f"data.root={colour}"])
+    assert "bad configuration: data.image_size must be >= 8" in line and str(first) in line
+    assert not (tmp_path / "s").exists()
+
+
 def test_layout_errors_name_the_path(tmp_path, colour):
     with pytest.raises(NGEError, match="does not exist") as e:
         scan_folder(tmp_path / "nowhere", test=False)

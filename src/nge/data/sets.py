@@ -214,6 +214,7 @@ def make_synthetic(
 
 
 IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
+MIN_IMAGE_SIZE = 8  # the least data.image_size, given or inferred from a folder set's images
 _SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
            "imagenet": (3, IMAGENET_SIZE, 1000)}
 
