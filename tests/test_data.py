@@ -1,11 +1,15 @@
+import ast
 import gzip
 import os
 import pickle
+from graphlib import TopologicalSorter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import nge.data
 from helpers.files import make_cifar10, write_idx
 from nge.data import (
     BatchLoader,
@@ -143,3 +147,20 @@ def test_loader_is_deterministic_per_epoch_and_keeps_labels():
     x, y = next(iter(loader))
     expected = (data.x[y].float() / 255 - 0.5) / 0.5
     assert torch.allclose(x, expected, atol=1e-5)  # labels travel with their images
+
+
+def test_the_data_modules_import_each_other_one_way():
+    """No cycle among nge/data/*.py, counting imports inside functions (`from nge.data import` is the package)."""
+    graph = {}
+    for path in Path(nge.data.__file__).parent.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        graph[path.stem] = {n.removeprefix("nge.data.") if n != "nge.data" else "__init__"
+                            for n in names if n == "nge.data" or n.startswith("nge.data.")}
+    assert {"sets", "folder", "imagenet", "shapes"} <= graph.keys() and "folder" in graph["imagenet"]
+    order = list(TopologicalSorter(graph).static_order())  # raises graphlib.CycleError on a cycle
+    assert order.index("sets") < order.index("folder") < order.index("shapes") < order.index("__init__")

@@ -14,7 +14,7 @@ from PIL import Image
 import nge.data.folder as folder_mod
 from nge.cli import main
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
-from nge.data import describe, input_shape, load_folder, scan_folder, write_synthetic_folder
+from nge.data import describe, input_shape, load_folder, scan_folder, split_train_val, write_synthetic_folder
 from nge.data.folder import STREAM_NORM, channel_stats, decode
 from nge.data.loader import ImageLoader
 from nge.errors import NGEError
@@ -125,19 +125,35 @@ def test_class_names_labels_and_statistics(colour):
 # ---------------------------------------------------------------------------- search and train
 
 
-def test_search_splits_train_only_and_honours_limit(colour):
+def test_search_splits_train_only(colour):
     job = SearchJob(search_cfg(colour, "data.train_portion=0.75"))
     task = job.build(CPU)
     assert len(job.data.test) == 0 and len(job.data.train) == 48
     assert (len(task.train_loader.x), len(task.val_loader.x)) == (36, 12)
     labels = torch.cat([task.train_loader.y, task.val_loader.y]).sort().values
     assert torch.equal(labels, job.data.train.y.sort().values)
-    # data.limit decodes only the images the seeded permutation keeps
-    job = SearchJob(search_cfg(colour, "data.limit=10", "runtime.seed=3"))
-    job.build(CPU)
-    keep = sorted(torch.randperm(48, generator=torch.Generator().manual_seed(3))[:10].tolist())
-    full = load_folder(scan_folder(colour, test=False), None, 0)
-    assert torch.equal(job.data.train.x, full.train.x[keep]) and torch.equal(job.data.train.y, full.train.y[keep])
+
+
+def test_a_limit_decodes_exactly_the_files_the_split_would_use(colour):
+    f = scan_folder(colour, test=False)
+    file_of = {decode(p, f.channels, f.size).numpy().tobytes(): (p.name, label) for p, label in f.train}
+    assert len(file_of) == 48  # every image tells its file
+
+    def files(x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, int]]:
+        found = [file_of[img.cpu().numpy().tobytes()] for img in x]
+        assert [label for _, label in found] == y.tolist()  # and each keeps its file's label
+        return sorted(found)
+
+    full, used = load_folder(f, None, 0), {}
+    for seed in (3, 4):
+        tr, va = split_train_val(full.train, 0.5, seed, limit=10)  # what a search of the whole set would use
+        used[seed] = files(torch.cat([tr.x, va.x]), torch.cat([tr.y, va.y]))
+        job = SearchJob(search_cfg(colour, "data.limit=10", f"runtime.seed={seed}", "data.train_portion=0.5"))
+        task = job.build(CPU)
+        assert len(used[seed]) == 10 and files(job.data.train.x, job.data.train.y) == used[seed]
+        loaders = task.train_loader, task.val_loader
+        assert files(torch.cat([b.x for b in loaders]), torch.cat([b.y for b in loaders])) == used[seed]
+    assert used[3] != used[4]  # the seed chooses them
 
 
 def test_train_loads_the_test_split(colour):

@@ -4,8 +4,9 @@
     batches     BatchLoader: device-resident batches augmented a whole batch at a time
     transforms  Pillow decoding and the ImageNet augmentation
     loader      ImageLoader: DataLoader workers for large images
-    imagenet    the ImageFolder layout and its loader
-    folder      the user's own images in the ImageFolder layout: in memory, or streamed when large
+    folder      the ImageFolder layout, and the user's own images in it: in memory, or streamed when large
+    imagenet    ImageNet in the ImageFolder layout and its loader
+    shapes      every data set's (channels, size, classes) without decoding it
     voc         PASCAL VOC 2012 segmentation: classes, colours, data set, loader
     synthetic   tiny synthetic data sets in the ImageFolder and VOC layouts
 """
@@ -17,7 +18,6 @@ from nge.data.sets import (
     Dataset,
     ImageSet,
     describe,
-    input_shape,
     load_cifar,
     load_dataset,
     load_fashion_mnist,
@@ -26,6 +26,7 @@ from nge.data.sets import (
     split_train_val,
     write_cifar_batch,
 )
+from nge.data.shapes import input_shape
 from nge.data.synthetic import write_synthetic_folder, write_synthetic_imagefolder, write_synthetic_voc
 from nge.data.voc import voc_loader
 

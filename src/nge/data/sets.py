@@ -215,24 +215,6 @@ def make_synthetic(
 
 IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
 MIN_IMAGE_SIZE = 8  # the least data.image_size, given or inferred from a folder set's images
-_SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
-           "imagenet": (3, IMAGENET_SIZE, 1000)}
-
-
-def input_shape(name: str, synthetic: dict | None = None, root: str | None = None, image_size: int | None = None,
-                channels: int | None = None) -> tuple[int, int, int]:
-    """(channels, size, classes) of a data set without decoding it (a folder set's class folders
-    and image headers are read)."""
-    if name == "synthetic":
-        s = synthetic or {}
-        return s.get("channels", 3), s.get("size", 32), s.get("num_classes", 10)
-    if name == "folder":
-        from nge.data.folder import scan_folder
-
-        f = scan_folder(root, test=False, image_size=image_size, channels=channels)
-        return f.channels, f.size, len(f.classes)
-    c, size, k = _SHAPES[name]
-    return c, image_size or size, k
 
 
 def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> Dataset:
