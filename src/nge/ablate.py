@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, to_yaml, validate
+from nge.data import check_files
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
@@ -49,6 +50,16 @@ def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:
                 t = load_config(TrainRunConfig, "train", tp, [*acfg.train_overrides, *overrides, f"runtime.seed={seed}"])
                 configs[row.name, seed, tp] = t
     return configs
+
+
+def _check_data(configs: dict) -> None:
+    """Every run's data folders and files are there (not read), or one run's would-be NGEError now."""
+    seen = set()
+    for (_, _, kind), cfg in configs.items():
+        key = str(cfg.data.name), cfg.data.root, kind != "search"  # only training reads the test split
+        if key not in seen:
+            seen.add(key)
+            check_files(*key)
 
 
 def _run_or_resume(path: Path, run: Callable[..., dict]) -> dict:
@@ -190,6 +201,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     if executor == "ray" and any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides):
         raise NGEError("with --executor ray give --threads-per-run instead of runtime.threads")
     configs = _configs(acfg, overrides)
+    if executor == "sequential" or address is None:  # the runs read this machine's files
+        _check_data(configs)  # before Ray starts, so a missing data set is one line and nothing else
     if executor == "ray":
         _import_ray()  # before any work
         for cfg in configs.values():  # as many torch threads as the task holds CPUs
