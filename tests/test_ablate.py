@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import signal
 import sys
 
@@ -12,6 +13,7 @@ from nge.ablate import run_ablation
 from nge.arch import ARCH_PARAMS
 from nge.cli import main
 from nge.config import AblateConfig
+from nge.data import write_synthetic_folder
 from nge.errors import NGEError
 from nge.space import Genotype, random_genotype
 
@@ -99,12 +101,33 @@ def test_ray_executor_arguments_are_checked_before_any_work(tmp_path, capsys, mo
     assert not out.exists()
 
 
+def test_missing_data_stops_the_comparison_before_any_run_and_before_ray(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "abl"
+    monkeypatch.setitem(sys.modules, "ray", None)  # the data is checked before Ray is imported
+    no_test = tmp_path / "folder"
+    write_synthetic_folder(no_test)
+    shutil.rmtree(no_test / "test")  # the searches would run; the first training would fail
+    for data, message in ((["data.name=fashion_mnist", "data.root=/nonexistent"],
+                           "Fashion-MNIST not found at /nonexistent: install Debian's package dataset-fashion-mnist "
+                           "or set data.root=DIR holding the four idx .gz files"),
+                          (["data.name=folder", f"data.root={no_test}"],
+                           f"missing folder {no_test / 'test'} (expected {no_test}/train/<class>/ and {no_test}/test/<class>/)")):
+        for executor in ("sequential", "ray"):
+            assert main(["ablate", "--preset", "smoke", "--out", str(out), "--executor", executor, *data]) == 2
+            assert capsys.readouterr().err == f"nge: error: {message}\n"
+            assert not out.exists()
+    # with --address the cluster's nodes may see other files: not checked here, Ray is needed first
+    assert main(["ablate", "--preset", "smoke", "--out", str(out), "--executor", "ray", "--address", "auto",
+                 "data.name=fashion_mnist", "data.root=/nonexistent"]) == 2
+    assert capsys.readouterr().err == 'nge: error: --executor ray needs Ray: pip install "nge[ray]"\n'
+
+
 def _csv_without_times(path):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in csv.DictReader(path.open())]
 
 
 @pytest.mark.slow
-def test_ray_executor_gives_the_sequential_results(tmp_path, capsys):
+def test_ray_executor_gives_the_sequential_results(tmp_path, capfd, fmnist_root):
     pytest.importorskip("ray", reason='the Ray executor needs the extra nge[ray]')
     acfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
         "preset": "smoke", "search_preset": "smoke", "search_overrides": ["search.epochs=1"], "train_presets": ["smoke"],
@@ -150,8 +173,15 @@ def test_ray_executor_gives_the_sequential_results(tmp_path, capsys):
     assert e.value.not_run[0] == "ablation [2/3] nge, seed 0: train (smoke)" and len(e.value.not_run) >= 1
     assert (tmp_path / "fail" / "random-seed0" / "train-smoke" / "summary.json").is_file()  # it ran to its end
     assert not (tmp_path / "fail" / "nge-seed0" / "train-smoke").exists()
-    # an NGEError inside a task: one line and exit status 2, as in one process
+    # an NGEError inside a task (a file that is there, so the check before Ray passes, but truncated):
+    # exit status 2 and one line, as in one process; Ray's own lines and the runs' logs may come
+    # before it, but no traceback and no other error, anywhere in this process's stderr
+    victim = fmnist_root / "train-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:40])
+    capfd.readouterr()
     assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "bad"), "--executor", "ray",
-                 "data.name=fashion_mnist", "data.root=/nonexistent"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nge:")]
-    assert err == [f"nge: error: {line}" for line in err[0].split("nge: error: ")[1:]] and "/nonexistent" in err[0]
+                 "data.name=fashion_mnist", f"data.root={fmnist_root}"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Unhandled error" not in err and err.count("nge: error") == 1, err
+    assert err.endswith("\n") and err.splitlines()[-1].startswith(
+        f"nge: error: 1 run(s) failed: ablation [1/5] random, seed 0: train (smoke): cannot read idx file {victim}: "), err

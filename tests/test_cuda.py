@@ -7,15 +7,11 @@ and P's gradient within 10% in cosine distance (bf16 keeps 8 bits of mantissa).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.join_group import run_under_torchrun
 from nge.arch import build_arch
 from nge.evalnet import NetworkCIFAR
 from nge.genotypes import DARTS_V2
@@ -85,29 +81,10 @@ def test_evaluation_network_matches_the_cpu_and_trains():
     assert torch.isfinite(loss) and all(p.grad is not None for p in gpu_net.parameters() if p.requires_grad)
 
 
-def test_a_single_process_nccl_group_starts_and_reduces():
-    """torchrun's NCCL path, in one process: the `cpu:gloo,cuda:nccl` group nge's runtime joins starts,
-    DDP wraps a module and all-reduces its gradients in the backward pass, a CUDA tensor is all-reduced,
-    and nge's shutdown leaves the group cleanly."""
-    code = textwrap.dedent("""
-        import os, torch
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", LOCAL_RANK="0",
-                          WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-        import torch.distributed as dist
-        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device("cuda", 0))
-        from torch.nn.parallel import DistributedDataParallel
-        from nge.engine import shutdown
-        net = DistributedDataParallel(torch.nn.Linear(4, 2).cuda())
-        net(torch.randn(3, 4, device="cuda")).sum().backward()
-        t = torch.ones(2, device="cuda")
-        dist.all_reduce(t)
-        c = torch.ones(2)
-        dist.all_reduce(c)  # the gloo half, for the CPU tensors nge reduces
-        assert t.tolist() == [1.0, 1.0] and c.tolist() == [1.0, 1.0] and net.module.weight.grad is not None
-        del net
-        shutdown()
-        print("ok")
-    """)
-    env = {**os.environ, "NCCL_DEBUG": "WARN"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+def test_one_torchrun_process_joins_the_nccl_group_through_the_runtime():
+    """torchrun's NCCL path, in one process: nge's runtime joins the `cpu:gloo,cuda:nccl` group from
+    torchrun's environment on cuda:0 (join_process_group, which setup_runtime runs under torchrun), DDP
+    wraps a module and all-reduces its gradients in the backward pass, a CUDA tensor (NCCL) and a CPU
+    one (gloo) are all-reduced, and nge's shutdown leaves the group (tests/helpers/join_group.py)."""
+    proc = run_under_torchrun("cuda", NCCL_DEBUG="WARN")
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

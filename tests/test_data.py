@@ -1,15 +1,20 @@
+import ast
 import gzip
 import os
 import pickle
+from graphlib import TopologicalSorter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import nge.data
 from helpers.files import make_cifar10, write_idx
 from nge.data import (
     BatchLoader,
     ImageSet,
+    check_files,
     cutout,
     load_cifar,
     load_fashion_mnist,
@@ -18,6 +23,8 @@ from nge.data import (
     read_idx,
     split_train_val,
     write_cifar_batch,
+    write_synthetic_folder,
+    write_synthetic_imagefolder,
 )
 from nge.errors import NGEError
 
@@ -143,3 +150,52 @@ def test_loader_is_deterministic_per_epoch_and_keeps_labels():
     x, y = next(iter(loader))
     expected = (data.x[y].float() / 255 - 0.5) / 0.5
     assert torch.allclose(x, expected, atol=1e-5)  # labels travel with their images
+
+
+def test_the_data_modules_import_each_other_one_way():
+    """No cycle among nge/data/*.py, counting imports inside functions (`from nge.data import` is the package)."""
+    graph = {}
+    for path in Path(nge.data.__file__).parent.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        graph[path.stem] = {n.removeprefix("nge.data.") if n != "nge.data" else "__init__"
+                            for n in names if n == "nge.data" or n.startswith("nge.data.")}
+    assert {"sets", "folder", "imagenet", "probe"} <= graph.keys() and "folder" in graph["imagenet"]
+    order = list(TopologicalSorter(graph).static_order())  # raises graphlib.CycleError on a cycle
+    assert order.index("sets") < order.index("folder") < order.index("probe") < order.index("__init__")
+
+
+def test_check_files_names_what_a_reader_would_miss_without_reading(tmp_path, fmnist_root, cifar10_root):
+    def missing(name, root, test, fragment):
+        with pytest.raises(NGEError, match=fragment) as e:
+            check_files(name, str(root), test)
+        assert "\n" not in str(e.value)
+
+    check_files("synthetic", None, True)
+    cifar = cifar10_root / "cifar-10-batches-py"
+    (cifar / "data_batch_3").write_bytes(b"junk")  # there but broken: found when read, not here
+    check_files("cifar10", str(cifar10_root), False)
+    (cifar / "test_batch").unlink()  # search loads the test batch too
+    missing("cifar10", cifar10_root, False, f"missing CIFAR batch file {cifar / 'test_batch'}")
+    missing("cifar100", tmp_path / "nowhere", False, "does not exist")
+    check_files("fashion_mnist", str(fmnist_root), False)
+    (fmnist_root / "t10k-labels-idx1-ubyte.gz").unlink()
+    missing("fashion_mnist", fmnist_root, False, "missing t10k-labels-idx1-ubyte.gz")
+    missing("fashion_mnist", tmp_path / "nowhere", False, "Fashion-MNIST not found")
+
+    folder = write_synthetic_folder(tmp_path / "folder")
+    for p in (folder / "test" / "red").iterdir():
+        p.unlink()
+    check_files("folder", str(folder), False)  # search reads train/ only
+    missing("folder", folder, True, f"class folder {folder / 'test' / 'red'} holds no")
+    for p in (folder / "train" / "blue").iterdir():
+        p.unlink()
+    missing("folder", folder, False, f"class folder {folder / 'train' / 'blue'} holds no")
+    inet = write_synthetic_imagefolder(tmp_path / "inet")
+    check_files("imagenet", str(inet), False)
+    (inet / "val" / "n00000001").rename(inet / "val" / "n00000009")
+    missing("imagenet", inet, False, "differ")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.join_group import run_under_torchrun
+
 pytestmark = pytest.mark.ddp
 
 HELPER = Path(__file__).parent / "helpers" / "ddp_run.py"
@@ -55,3 +57,10 @@ def test_training_on_two_processes_reports_global_metrics(tmp_path):
     assert r0["final_test_acc"] == r1["final_test_acc"]  # test metrics summed over both shards
     rows = [json.loads(line) for line in (tmp_path / "ddp-run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["test_acc"] == r0["final_test_acc"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on Linux")
+def test_one_torchrun_process_joins_the_gloo_group_through_the_runtime():
+    """tests/test_cuda.py's process-group check on the CPU: gloo only."""
+    proc = run_under_torchrun("cpu")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

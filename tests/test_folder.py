@@ -14,7 +14,7 @@ from PIL import Image
 import nge.data.folder as folder_mod
 from nge.cli import main
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
-from nge.data import describe, input_shape, load_folder, scan_folder, write_synthetic_folder
+from nge.data import describe, input_shape, load_folder, scan_folder, split_train_val, write_synthetic_folder
 from nge.data.folder import STREAM_NORM, channel_stats, decode
 from nge.data.loader import ImageLoader
 from nge.errors import NGEError
@@ -125,19 +125,35 @@ def test_class_names_labels_and_statistics(colour):
 # ---------------------------------------------------------------------------- search and train
 
 
-def test_search_splits_train_only_and_honours_limit(colour):
+def test_search_splits_train_only(colour):
     job = SearchJob(search_cfg(colour, "data.train_portion=0.75"))
     task = job.build(CPU)
     assert len(job.data.test) == 0 and len(job.data.train) == 48
     assert (len(task.train_loader.x), len(task.val_loader.x)) == (36, 12)
     labels = torch.cat([task.train_loader.y, task.val_loader.y]).sort().values
     assert torch.equal(labels, job.data.train.y.sort().values)
-    # data.limit decodes only the images the seeded permutation keeps
-    job = SearchJob(search_cfg(colour, "data.limit=10", "runtime.seed=3"))
-    job.build(CPU)
-    keep = sorted(torch.randperm(48, generator=torch.Generator().manual_seed(3))[:10].tolist())
-    full = load_folder(scan_folder(colour, test=False), None, 0)
-    assert torch.equal(job.data.train.x, full.train.x[keep]) and torch.equal(job.data.train.y, full.train.y[keep])
+
+
+def test_a_limit_decodes_exactly_the_files_the_split_would_use(colour):
+    f = scan_folder(colour, test=False)
+    file_of = {decode(p, f.channels, f.size).numpy().tobytes(): (p.name, label) for p, label in f.train}
+    assert len(file_of) == 48  # every image tells its file
+
+    def files(x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, int]]:
+        found = [file_of[img.cpu().numpy().tobytes()] for img in x]
+        assert [label for _, label in found] == y.tolist()  # and each keeps its file's label
+        return sorted(found)
+
+    full, used = load_folder(f, None, 0), {}
+    for seed in (3, 4):
+        tr, va = split_train_val(full.train, 0.5, seed, limit=10)  # what a search of the whole set would use
+        used[seed] = files(torch.cat([tr.x, va.x]), torch.cat([tr.y, va.y]))
+        job = SearchJob(search_cfg(colour, "data.limit=10", f"runtime.seed={seed}", "data.train_portion=0.5"))
+        task = job.build(CPU)
+        assert len(used[seed]) == 10 and files(job.data.train.x, job.data.train.y) == used[seed]
+        loaders = task.train_loader, task.val_loader
+        assert files(torch.cat([b.x for b in loaders]), torch.cat([b.y for b in loaders])) == used[seed]
+    assert used[3] != used[4]  # the seed chooses them
 
 
 def test_train_loads_the_test_split(colour):
@@ -198,6 +214,60 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path, colour):
     with pytest.raises(NGEError, match="cannot decode") as e:
         scan_folder(bad, test=False)  # the header scan (channel detection) reads it first
     one_line_naming(e, fake)
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one `nge: error` line `argv` ends with: exit 2, no traceback anywhere in stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("nge: error") == 1 and err.endswith("\n"), err
+    line = err.splitlines()[-1]
+    assert line.startswith("nge: error: "), err
+    return line
+
+
+def test_a_file_pillow_cannot_decode_or_convert_stops_the_cli_with_one_line(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data"
+    assert main(["synth", "folder", str(data)]) == 0
+    capsys.readouterr()
+    search = ["search", "--preset", "smoke", "--out", str(tmp_path / "s"), "--force", *QUIET, "runtime.threads=1",
+              "data.name=folder", f"data.root={data}", "data.image_size=10"]
+    # a truncated JPEG among the PNGs
+    jpeg = data / "train" / "green" / "zz_cut.jpg"
+    Image.new("RGB", (30, 20), (10, 200, 90)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+    line = cli_error(capsys, search)
+    assert "cannot decode image" in line and str(jpeg) in line
+    jpeg.unlink()
+    # a file Pillow reads but cannot convert: LAB (here a TIFF named .png) has no conversion to L
+    lab = data / "train" / "red" / "zz_lab.png"
+    Image.new("LAB", (30, 20), (50, 10, 10)).save(lab, format="TIFF")
+    assert main([*search, "search.epochs=1"]) == 0  # to RGB it converts (data.channels inferred: 3)
+    capsys.readouterr()
+    line = cli_error(capsys, [*search, "data.channels=1"])
+    assert "cannot decode image" in line and "LAB" in line and str(lab) in line
+    # the same file streamed by nge train through a DataLoader worker
+    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT", 1)
+    line = cli_error(capsys, ["train", "--preset", "smoke", "--genotype", "random:0", "--out", str(tmp_path / "t"),
+                              *QUIET, "runtime.threads=1", "data.name=folder", f"data.root={data}",
+                              "data.image_size=10", "data.channels=1", "data.workers=1", "data.batch_size=64",
+                              "train.epochs=1"])
+    assert "cannot decode image" in line and "LAB" in line and str(lab) in line
+
+
+def test_an_inferred_image_size_under_8_is_refused_as_a_given_one(tmp_path, capsys, colour):
+    first = sorted((colour / "train" / "blue").iterdir())[0]  # the image the size is inferred from
+    Image.new("RGB", (12, 7), (0, 0, 255)).save(first)
+    with pytest.raises(NGEError, match="data.image_size must be >= 8") as e:
+        scan_folder(colour, test=False)
+    one_line_naming(e, first)
+    with pytest.raises(NGEError, match="data.image_size must be >= 8"):
+        input_shape("folder", root=str(colour))
+    assert scan_folder(colour, test=False, image_size=8).size == 8  # a given size is taken
+    line = cli_error(capsys, ["search", "--preset", "smoke", "--out", str(tmp_path / "s"), *QUIET,
+                              "data.name=folder", f"data.root={colour}"])
+    assert "bad configuration: data.image_size must be >= 8" in line and str(first) in line
+    assert not (tmp_path / "s").exists()
 
 
 def test_layout_errors_name_the_path(tmp_path, colour):

@@ -41,6 +41,7 @@ from nge.config import (
     to_yaml,
     validate,
 )
+from nge.data import check_files
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.engine.rundir import check_resume_config
 from nge.errors import NGEError
@@ -116,6 +117,16 @@ def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
         want, saved_g = resolve_genotype(genotype_spec), path / "genotype.json"
         if not saved_g.is_file() or Genotype.load(saved_g) != want:
             raise NGEError(f"{path}: trained another genotype than {genotype_spec} now gives (delete it to run it again)")
+
+
+def _check_data(configs: dict) -> None:
+    """Every run's data folders and files are there (not read), or one run's would-be NGEError now."""
+    seen = set()
+    for k, cfg in configs.items():
+        key = str(cfg.data.name), cfg.data.root, k[2] != "search"  # only training reads the test split
+        if key not in seen:
+            seen.add(key)
+            check_files(*key)
 
 
 def _run_or_resume(path: Path, run: Callable[..., dict], cfg=None, genotype_spec: str | None = None) -> dict:
@@ -331,6 +342,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     if threads_per_run is not None and _sets_threads(overrides):
         raise NGEError("give --threads-per-run or runtime.threads, not both")
     configs = _configs(acfg, overrides, threads_per_run)
+    if executor == "sequential" or address is None:  # the runs read this machine's files
+        _check_data(configs)  # before Ray starts, so a missing data set is one line and nothing else
     if executor == "ray":
         _import_ray()  # before any work
         for cfg in configs.values():  # a Ray task holds as many CPUs as its run has torch threads

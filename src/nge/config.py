@@ -19,7 +19,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nge.arch import ARCH_PARAMS
-from nge.data.sets import IMAGENET_SIZE
+from nge.data.sets import IMAGENET_SIZE, MIN_IMAGE_SIZE
 from nge.errors import NGEError
 from nge.supernet import CHECKPOINT_MODES
 
@@ -317,7 +317,8 @@ def _validate_data(d: DataConfig) -> None:
     _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
     _check(d.limit is None or d.limit >= 2, f"data.limit must be >= 2 or null, got {d.limit}")
     _check(d.crop_pad >= 0, f"data.crop_pad must be >= 0, got {d.crop_pad}")
-    _check(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8 or null, got {d.image_size}")
+    _check(d.image_size is None or d.image_size >= MIN_IMAGE_SIZE,
+           f"data.image_size must be >= {MIN_IMAGE_SIZE} or null, got {d.image_size}")
     _check(d.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {d.channels}")
     _check(d.name != DataName.folder or d.root is not None,
            "data.name=folder needs data.root=DIR (a folder holding train/<class>/ and test/<class>/)")

@@ -20,16 +20,52 @@ import torch
 from PIL import Image
 
 from nge.data.batches import Augment, augment_batch
-from nge.data.imagenet import scan_image_folder
 from nge.data.loader import FileSamples, ImageLoader
-from nge.data.sets import Dataset, ImageSet
-from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_header, open_image
+from nge.data.sets import MIN_IMAGE_SIZE, Dataset, ImageSet
+from nge.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decoding, image_header, open_image
 from nge.errors import NGEError
 
 MEMORY_LIMIT = 512 * 2**20  # bytes of decoded uint8 images (train, and test for nge train) held in memory
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 # a streamed set's normalisation: ImageNet's; for one channel the mean of its three
 STREAM_NORM = {3: (IMAGENET_MEAN, IMAGENET_STD), 1: ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def scan_image_folder(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The classes (sorted folder names of `root/train`) and the sorted (file, label)
+    samples of `root/<split>`, whose class folders must be the same; every class folder must hold
+    images. Every failure is a one-line NGEError naming the path."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise NGEError(f"image folder data set root {root} does not exist")
+    train_dir, split_dir = root / "train", root / split
+    for d in (train_dir, split_dir):
+        if not d.is_dir():
+            raise NGEError(f"missing folder {d} (expected {root}/train/<class>/ and {root}/{split}/<class>/)")
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise NGEError(f"no class folders in {train_dir}")
+    if split_dir != train_dir:
+        found = _class_dirs(split_dir)
+        if found != classes:
+            missing = sorted(set(classes) - set(found))
+            extra = sorted(set(found) - set(classes))
+            raise NGEError(f"class folders of {split_dir} differ from {train_dir}: missing {missing[:5]}, extra {extra[:5]}")
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files = _images_in(split_dir / name)
+        if not files:
+            raise NGEError(f"class folder {split_dir / name} holds no .jpeg/.jpg/.png images")
+        samples += [(f, label) for f in files]
+    return classes, samples
 
 
 @dataclass
@@ -55,7 +91,8 @@ class ImageFolder:
 def scan_folder(root: str | Path, test: bool, image_size: int | None = None, channels: int | None = None) -> ImageFolder:
     """Check the layout (and `test/` when `test`) and settle channels and size without decoding:
     `channels=None` is 1 if every training image's mode is grayscale, else 3; `image_size=None` is the
-    shorter side of the first training image (sorted class folders, then sorted file names)."""
+    shorter side of the first training image (sorted class folders, then sorted file names), refused under
+    MIN_IMAGE_SIZE as config refuses a given one."""
     root = Path(root).expanduser()
     classes, train = scan_image_folder(root, "train")
     if len(classes) < 2:
@@ -65,17 +102,22 @@ def scan_folder(root: str | Path, test: bool, image_size: int | None = None, cha
         channels = 1 if all(image_header(p)[0] in GRAYSCALE_MODES for p, _ in train) else 3
     if image_size is None:
         image_size = min(image_header(train[0][0])[1])
+        if image_size < MIN_IMAGE_SIZE:
+            raise NGEError(f"bad configuration: data.image_size must be >= {MIN_IMAGE_SIZE}, and left unset it is "
+                           f"{image_size}, the shorter side of {train[0][0]}; set data.image_size={MIN_IMAGE_SIZE} or more")
     return ImageFolder(root, classes, train, test_samples, channels, image_size)
 
 
 def decode(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One file as uint8 (channels, size, size); 16- and 32-bit grayscale keep their top 8 of 16 bits."""
+    """One file as uint8 (channels, size, size); 16- and 32-bit grayscale keep their top 8 of 16 bits.
+    A file Pillow cannot decode, convert or resize is a one-line NGEError naming it."""
     img = open_image(path, mode=None)
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
-    img = img.convert("L" if channels == 1 else "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    with decoding(path):  # e.g. LAB converts to RGB but not to L
+        if img.mode == "I" or img.mode.startswith("I;16"):
+            img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.atleast_3d(np.asarray(img)).transpose(2, 0, 1).copy())
 
 

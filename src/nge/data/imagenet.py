@@ -1,6 +1,6 @@
 """ImageNet-style classification in the ImageFolder layout (`root/{train,val}/<class>/*.JPEG`), decoded
-and augmented in DataLoader workers. Bad files raise a one-line NGEError naming the file.
-`scan_image_folder` checks the layout for `data.name=folder` too.
+and augmented in DataLoader workers. Bad files raise a one-line NGEError naming the file; the layout
+is checked by `folder.scan_image_folder`.
 """
 
 from __future__ import annotations
@@ -9,46 +9,10 @@ from pathlib import Path
 
 import torch
 
+from nge.data.folder import scan_image_folder
 from nge.data.loader import FileSamples, ImageLoader
-from nge.data.transforms import IMAGE_EXTENSIONS, open_image, sample_rng, to_tensor, train_transform, val_transform
+from nge.data.transforms import open_image, sample_rng, to_tensor, train_transform, val_transform
 from nge.errors import NGEError
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
-
-
-def scan_image_folder(root: str | Path, split: str) -> tuple[list[str], list[tuple[Path, int]]]:
-    """The classes (sorted folder names of `root/train`) and the sorted (file, label)
-    samples of `root/<split>`, whose class folders must be the same; every class folder must hold
-    images. Every failure is a one-line NGEError naming the path."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise NGEError(f"image folder data set root {root} does not exist")
-    train_dir, split_dir = root / "train", root / split
-    for d in (train_dir, split_dir):
-        if not d.is_dir():
-            raise NGEError(f"missing folder {d} (expected {root}/train/<class>/ and {root}/{split}/<class>/)")
-    classes = _class_dirs(train_dir)
-    if not classes:
-        raise NGEError(f"no class folders in {train_dir}")
-    if split_dir != train_dir:
-        found = _class_dirs(split_dir)
-        if found != classes:
-            missing = sorted(set(classes) - set(found))
-            extra = sorted(set(found) - set(classes))
-            raise NGEError(f"class folders of {split_dir} differ from {train_dir}: missing {missing[:5]}, extra {extra[:5]}")
-    samples: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files = _images_in(split_dir / name)
-        if not files:
-            raise NGEError(f"class folder {split_dir / name} holds no .jpeg/.jpg/.png images")
-        samples += [(f, label) for f in files]
-    return classes, samples
 
 
 class ImageFolderSet(FileSamples):

@@ -91,17 +91,24 @@ def _find(root: Path, stem: str) -> Path:
     raise NGEError(f"missing {stem}.gz in {root}")
 
 
-def load_fashion_mnist(root: str | Path | None) -> Dataset:
+def fashion_mnist_files(root: str | Path | None) -> dict[str, tuple[Path, Path]]:
+    """The (images, labels) idx files of each split; a missing folder or file is a one-line NGEError."""
     root = Path(root or FASHION_MNIST_DEFAULT_ROOT)
     if not root.is_dir():
         raise NGEError(
             f"Fashion-MNIST not found at {root}: install Debian's package dataset-fashion-mnist "
             "or set data.root=DIR holding the four idx .gz files"
         )
+    return {split: (_find(root, f"{prefix}-images-idx3-ubyte"), _find(root, f"{prefix}-labels-idx1-ubyte"))
+            for split, prefix in (("train", "train"), ("test", "t10k"))}
+
+
+def load_fashion_mnist(root: str | Path | None) -> Dataset:
+    files = fashion_mnist_files(root)
+    root = Path(root or FASHION_MNIST_DEFAULT_ROOT)
     parts = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    for split, (image_file, label_file) in files.items():
+        images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise NGEError(f"Fashion-MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}")
         if labels.size and labels.max() >= 10:
@@ -154,7 +161,9 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar(root: str | Path | None, num_classes: int) -> Dataset:
+def cifar_files(root: str | Path | None, num_classes: int) -> dict[str, list[Path]]:
+    """The batch files of each split (not checked for existence; read_cifar_batch names a missing one);
+    no data.root or a missing folder is a one-line NGEError."""
     name = f"cifar{num_classes}"
     folder = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
     if root is None:
@@ -165,12 +174,18 @@ def load_cifar(root: str | Path | None, num_classes: int) -> Dataset:
     if not root.is_dir():
         raise NGEError(f"{name} data directory {root} does not exist")
     if num_classes == 10:
-        train_files, test_files, key = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"
-    else:
-        train_files, test_files, key = ["train"], ["test"], b"fine_labels"
+        return {"train": [root / f"data_batch_{i}" for i in range(1, 6)], "test": [root / "test_batch"]}
+    return {"train": [root / "train"], "test": [root / "test"]}
 
-    def read(files: list[str]) -> ImageSet:
-        xs, ys = zip(*(read_cifar_batch(root / f, key) for f in files), strict=True)
+
+def load_cifar(root: str | Path | None, num_classes: int) -> Dataset:
+    name = f"cifar{num_classes}"
+    files = cifar_files(root, num_classes)
+    root = files["train"][0].parent
+    key = b"labels" if num_classes == 10 else b"fine_labels"
+
+    def read(files: list[Path]) -> ImageSet:
+        xs, ys = zip(*(read_cifar_batch(f, key) for f in files), strict=True)
         y = np.concatenate(ys)
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise NGEError(f"{name} labels in {root} fall outside 0..{num_classes - 1}")
@@ -180,7 +195,7 @@ def load_cifar(root: str | Path | None, num_classes: int) -> Dataset:
         mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
     else:
         mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    return Dataset(name, read(train_files), read(test_files), num_classes, mean, std)
+    return Dataset(name, read(files["train"]), read(files["test"]), num_classes, mean, std)
 
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray, label_key: str = "labels") -> None:
@@ -214,24 +229,7 @@ def make_synthetic(
 
 
 IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
-_SHAPES = {"fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
-           "imagenet": (3, IMAGENET_SIZE, 1000)}
-
-
-def input_shape(name: str, synthetic: dict | None = None, root: str | None = None, image_size: int | None = None,
-                channels: int | None = None) -> tuple[int, int, int]:
-    """(channels, size, classes) of a data set without decoding it (a folder set's class folders
-    and image headers are read)."""
-    if name == "synthetic":
-        s = synthetic or {}
-        return s.get("channels", 3), s.get("size", 32), s.get("num_classes", 10)
-    if name == "folder":
-        from nge.data.folder import scan_folder
-
-        f = scan_folder(root, test=False, image_size=image_size, channels=channels)
-        return f.channels, f.size, len(f.classes)
-    c, size, k = _SHAPES[name]
-    return c, image_size or size, k
+MIN_IMAGE_SIZE = 8  # the least data.image_size, given or inferred from a folder set's images
 
 
 def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> Dataset:

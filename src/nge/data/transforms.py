@@ -27,7 +27,8 @@ def one_line(text: object) -> str:
 
 
 @contextmanager
-def _decoding(path: Path) -> Iterator[None]:
+def decoding(path: Path) -> Iterator[None]:
+    """Any exception inside becomes a one-line NGEError naming `path`."""
     try:
         yield
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
@@ -36,14 +37,14 @@ def _decoding(path: Path) -> Iterator[None]:
 
 def open_image(path: Path, mode: str | None = "RGB") -> Image.Image:
     """Decode an image fully (so truncation is caught here); `mode=None` keeps the file's mode."""
-    with _decoding(path), Image.open(path) as f:
+    with decoding(path), Image.open(path) as f:
         f.load()
         return f.convert(mode) if mode else f.copy()
 
 
 def image_header(path: Path) -> tuple[str, tuple[int, int]]:
     """An image's mode and (width, height), from its header only (no decoding)."""
-    with _decoding(path), Image.open(path) as f:
+    with decoding(path), Image.open(path) as f:
         return f.mode, f.size
 
 

@@ -37,6 +37,7 @@ from nge.engine.runtime import (
     check_same_everywhere,
     data_parallel,
     is_main,
+    join_process_group,
     main_log,
     process_note,
     resolve_device,
@@ -53,7 +54,7 @@ from nge.engine.schedules import cosine_lr, linear_lr, poly_lr, set_lr
 __all__ = [
     "Batches", "EpochTask", "Meter", "NonFinite", "Phase", "RunDir", "Zipped", "all_reduce_sum", "atomic_write_bytes",
     "atomic_write_text", "autocast", "check_resume", "check_resume_config", "check_same_everywhere", "cosine_lr",
-    "data_parallel", "default_run_dir", "evaluate", "fit", "frozen", "is_main", "linear_lr", "load_checkpoint",
-    "main_log", "poly_lr", "process_note", "progress", "resolve_device", "rng_state", "save_checkpoint", "set_lr",
-    "set_rng_state", "setup_runtime", "sgd_step", "shutdown", "single_process", "to_device", "world",
+    "data_parallel", "default_run_dir", "evaluate", "fit", "frozen", "is_main", "join_process_group", "linear_lr",
+    "load_checkpoint", "main_log", "poly_lr", "process_note", "progress", "resolve_device", "rng_state", "save_checkpoint",
+    "set_lr", "set_rng_state", "setup_runtime", "sgd_step", "shutdown", "single_process", "to_device", "world",
 ]

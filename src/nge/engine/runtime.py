@@ -32,16 +32,9 @@ def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch
     the CPU threads."""
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
-            torch.cuda.set_device(dev)
-        elif threads:
+        dev = join_process_group(dev)
+        if dev.type != "cuda" and threads:
             threads = max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        if not dist.is_initialized():  # NCCL for CUDA tensors, gloo for the few CPU ones (P checks, counters)
-            dist.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
     if threads:
         torch.set_num_threads(threads)
     random.seed(seed)
@@ -49,6 +42,23 @@ def setup_runtime(seed: int, threads: int | None, device: str = "auto") -> torch
     # per process, so drop-path masks differ between processes; the models still start identical,
     # since DistributedDataParallel copies the first process's weights to the others
     torch.manual_seed(seed + int(os.environ.get("RANK", "0")))
+    return dev
+
+
+def join_process_group(dev: torch.device) -> torch.device:
+    """Joins the process group torchrun's environment describes (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT), once: NCCL for CUDA tensors and gloo for the few CPU ones (P checks, counters), or
+    gloo alone on the CPU. Returns this process's device: cuda:LOCAL_RANK, made current, on CUDA."""
+    import torch.distributed as dist
+
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        if dev.type == "cuda":  # device_id: NCCL binds to this GPU now instead of guessing at the first collective
+            dist.init_process_group("cpu:gloo,cuda:nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
     return dev
 
 

@@ -1,3 +1,6 @@
+"""ImageNet and VOC data: the ImageFolder and VOC layouts, their DataLoader-worker loaders, the Pillow
+transforms and the synthetic writers."""
+
 from __future__ import annotations
 
 import shutil
