@@ -29,10 +29,10 @@ from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
-from nge.search import run_search
+from nge.searching import run_search
 from nge.space import Genotype
 from nge.telemetry import op_counts, probs_telemetry
-from nge.train import run_train
+from nge.training import run_train
 
 
 def _configs(acfg: AblateConfig, overrides: list[str]) -> dict:

@@ -17,7 +17,7 @@ def _log(msg: str) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from nge.config import SearchRunConfig, load_config
     from nge.engine import default_run_dir
-    from nge.search import run_search
+    from nge.searching import run_search
 
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("search", args.preset)
@@ -30,7 +30,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from nge.config import TrainRunConfig, load_config
     from nge.engine import default_run_dir
-    from nge.train import run_train
+    from nge.training import run_train
 
     cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
     out = Path(args.out) if args.out else default_run_dir("train", args.preset)
