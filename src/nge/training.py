@@ -28,8 +28,10 @@ from nge.data import (
     load_folder,
     scan_folder,
 )
-from nge.data.folder import MEMORY_LIMIT, ImageFolder
-from nge.data.sets import IMAGENET_SIZE, class_names
+from nge.data.folder import MEMORY_LIMIT, STREAM_NORM, ImageFolder
+from nge.data.preprocess import Preprocess
+from nge.data.sets import IMAGENET_SIZE, class_names, default_classes
+from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nge.engine import (
     Meter,
     Phase,
@@ -63,7 +65,8 @@ class TrainData:
     image_size: int
     description: str
     n_train: int
-    classes: tuple[str, ...] = ()  # class names, where the data has them
+    classes: tuple[str, ...]  # class names in label order
+    preprocess: Preprocess  # the test split's preprocessing, for any image (model.pt carries it)
 
 
 def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> TrainData:
@@ -80,7 +83,9 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
                     **common),
         # test batches of at least 256 images in all, split over the processes
         BatchLoader(data.test, -(-max(d.batch_size, 256) // world()[1]), **common),
-        data.in_channels, data.num_classes, data.image_size, describe(data), len(train), data.classes,
+        data.in_channels, data.num_classes, data.image_size, describe(data), len(train),
+        data.classes or default_classes(data.name, data.num_classes),
+        Preprocess("square", data.image_size, data.in_channels, tuple(data.mean), tuple(data.std)),
     )
 
 
@@ -96,7 +101,8 @@ def imagenet_data(cfg: TrainRunConfig) -> TrainData:
     n = len(train.indices)
     desc = (f"imagenet {d.root}: {n} train / {len(test.dataset)} val images, {train.num_classes} classes, "
             f"{size}x{size} crops, {d.workers} workers")
-    return TrainData(train, test, 3, train.num_classes, size, desc, n)
+    return TrainData(train, test, 3, train.num_classes, size, desc, n, tuple(train.classes),
+                     Preprocess("crop", size, 3, IMAGENET_MEAN, IMAGENET_STD, d.resize))
 
 
 def stream_data(cfg: TrainRunConfig, f: ImageFolder) -> TrainData:
@@ -109,7 +115,8 @@ def stream_data(cfg: TrainRunConfig, f: ImageFolder) -> TrainData:
     desc = (f"folder {f.root}: {n} train / {len(f.test)} test images, {f.channels}x{f.size}x{f.size}, "
             f"{len(f.classes)} classes ({class_names(f.classes)}); over {MEMORY_LIMIT // 2**20} MB decoded, "
             f"so streamed by {d.workers} workers")
-    return TrainData(train, test, f.channels, len(f.classes), f.size, desc, n, tuple(f.classes))
+    return TrainData(train, test, f.channels, len(f.classes), f.size, desc, n, tuple(f.classes),
+                     Preprocess("square", f.size, f.channels, *STREAM_NORM[f.channels]))
 
 
 def load_train_data(cfg: TrainRunConfig, device: torch.device) -> TrainData:
@@ -228,7 +235,8 @@ class TrainJob(Job):
 
     def meta(self, task: TrainTask) -> dict:
         return {"genotype": self.genotype.to_dict(), "in_channels": self.data.in_channels,
-                "num_classes": self.data.num_classes, **({"classes": list(self.data.classes)} if self.data.classes else {})}
+                "num_classes": self.data.num_classes, "classes": list(self.data.classes),
+                "preprocess": self.data.preprocess.to_dict()}
 
     def finish(self, task: TrainTask, metrics: list[dict], run: RunDir, log) -> dict:
         self.save_weights(task, run, len(metrics))
@@ -241,7 +249,7 @@ class TrainJob(Job):
             **({"final_test_top5": last["test_top5"]} if "test_top5" in last else {}),
             "best_test_acc": max(m["test_acc"] for m in metrics),
             "final_train_acc": last.get("train_acc"),
-            **({"classes": list(self.data.classes)} if self.data.classes else {}),
+            **({"classes": list(self.data.classes)} if self.cfg.data.name == "folder" else {}),
         }
         log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
             f"weights in {run.file('model.pt')}")
