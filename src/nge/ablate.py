@@ -25,7 +25,16 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, to_yaml, validate
+from nge.config import (
+    RANDOM_ROW,
+    AblateConfig,
+    SearchRunConfig,
+    TrainRunConfig,
+    load_config,
+    preset_name,
+    to_yaml,
+    validate,
+)
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
@@ -169,7 +178,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex):
             search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
         trains = {}
         for tp in acfg.train_presets:
-            cfg, tdir = configs[name, seed, tp], base / f"train-{tp}"
+            cfg, tdir = configs[name, seed, tp], base / f"train-{preset_name(tp)}"
             trains[tp] = ex.submit(f"{what}: train ({tp})", tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search)
         yield name, seed, sdir, genotype_spec, search, trains
 

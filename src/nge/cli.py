@@ -15,12 +15,12 @@ def _log(msg: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nge.config import SearchRunConfig, load_config
+    from nge.config import SearchRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
     from nge.searching import run_search
 
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
-    out = Path(args.out) if args.out else default_run_dir("search", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("search", preset_name(args.preset))
     summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
     if summary is not None:  # None in all but the first process under torchrun
         print(json.dumps(summary["genotype"]))
@@ -28,12 +28,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nge.config import TrainRunConfig, load_config
+    from nge.config import TrainRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
     from nge.training import run_train
 
     cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
-    out = Path(args.out) if args.out else default_run_dir("train", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("train", preset_name(args.preset))
     summary = run_train(cfg, args.genotype, out, force=args.force, resume=args.resume, log=_log)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from nge.config import SegmentRunConfig, load_config
+    from nge.config import SegmentRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
     from nge.segment import run_segment
 
@@ -52,7 +52,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if key in ("model.C", "model.layers"):
                 raise NGEError(f"bad configuration: {key} has no effect with --backbone (the checkpoint's network is "
                                "used); drop it")
-    out = Path(args.out) if args.out else default_run_dir("segment", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("segment", preset_name(args.preset))
     summary = run_segment(cfg, out, backbone=args.backbone, genotype=args.genotype, force=args.force,
                           resume=args.resume, log=_log)
     print(json.dumps({k: summary[k] for k in ("final_val_miou", "final_val_acc", "params")}))
@@ -82,12 +82,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from nge.ablate import run_ablation
-    from nge.config import AblateConfig, load_config
+    from nge.config import AblateConfig, load_config, preset_name
     from nge.engine import default_run_dir
 
     extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
-    out = Path(args.out) if args.out else default_run_dir("ablate", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("ablate", preset_name(args.preset))
     run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
                  address=args.address, threads_per_run=args.threads_per_run)
     print((out / "ablation.md").read_text(), end="")
@@ -128,19 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("search", help="search a cell and write a run directory")
-    s.add_argument("--preset", default="quick", help="search preset (default: quick)")
+    s.add_argument("--preset", default="quick", help="search preset: a name or a FILE.yaml (default: quick)")
     _run_arguments(s, "search", "config overrides, e.g. search.epochs=10")
     s.set_defaults(func=cmd_search)
 
     t = sub.add_parser("train", help="train a genotype from scratch and report test accuracy")
     t.add_argument("--genotype", required=True, metavar="FILE_OR_NAME",
                    help="genotype.json, a search run directory, or a built-in name (DARTS_V1, DARTS_V2)")
-    t.add_argument("--preset", default="quick", help="training preset (default: quick)")
+    t.add_argument("--preset", default="quick", help="training preset: a name or a FILE.yaml (default: quick)")
     _run_arguments(t, "train", "config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("segment", help="DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012")
-    g.add_argument("--preset", default="paper-voc", help="segmentation preset (default: paper-voc)")
+    g.add_argument("--preset", default="paper-voc", help="segmentation preset: a name or a FILE.yaml (default: paper-voc)")
     g.add_argument("--backbone", metavar="CHECKPOINT", help="model.pt of an nge train ImageNet run (its genotype is used)")
     g.add_argument("--genotype", metavar="FILE_OR_NAME",
                    help="without --backbone: a randomly initialised backbone of this genotype")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.set_defaults(func=cmd_synth)
 
     a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")
-    a.add_argument("--preset", default="quick", help="ablation preset (default: quick)")
+    a.add_argument("--preset", default="quick", help="ablation preset: a name or a FILE.yaml (default: quick)")
     a.add_argument("--seeds", type=int, help="seeds per parameterisation (default: the preset's)")
     a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
     a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("profile", help="parameter and multiply-add counts of a preset's network")
     f.add_argument("--preset", required=True,
-                   help="a search preset, or with --genotype a training preset")
+                   help="a search preset, or with --genotype a training preset (a name or a FILE.yaml)")
     f.add_argument("--genotype", metavar="FILE_OR_NAME", help="profile the evaluation network of this genotype")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
