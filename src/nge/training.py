@@ -210,7 +210,7 @@ class TrainJob(Job):
     command, epochs_key = "train", "train.epochs"
     cfg: TrainRunConfig
 
-    def __init__(self, cfg: TrainRunConfig, genotype_spec: str):
+    def __init__(self, cfg: TrainRunConfig, genotype_spec: str | Genotype):
         super().__init__(cfg)
         self.genotype_spec = genotype_spec
 
@@ -256,10 +256,11 @@ class TrainJob(Job):
         return summary
 
     def resume_hint(self, run: RunDir) -> str:
-        return f"nge train --genotype {self.genotype_spec} --resume --out {run.path} ..."
+        spec = run.file("genotype.json") if isinstance(self.genotype_spec, Genotype) else self.genotype_spec
+        return f"nge train --genotype {spec} --resume --out {run.path} ..."
 
 
-def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = False, resume: bool = False,
+def run_train(cfg: TrainRunConfig, genotype_spec: str | Genotype, out: Path, force: bool = False, resume: bool = False,
               log=print) -> dict | None:
     """Train `genotype_spec` (see `resolve_genotype`) from scratch and write the run directory.
     Returns the summary (None in all but the first process under torchrun)."""
