@@ -105,6 +105,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from nge.export import export
+
+    export(args.run, args.format, args.out, force=args.force, log=_log)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nge.predict import format_line, open_model, predict
+
+    if args.top < 1:
+        raise NGEError(f"--top must be >= 1, got {args.top}")
+    model = open_model(args.model)
+    for row in predict(model, args.inputs, args.top):
+        print(json.dumps(row) if args.json else format_line(row), flush=True)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line."""
 
@@ -176,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     f.set_defaults(func=cmd_profile)
+
+    e = sub.add_parser("export", help="export a trained network to ONNX or torch.export, checked against PyTorch")
+    e.add_argument("run", metavar="RUN", help="an nge train run directory or its model.pt")
+    e.add_argument("--format", choices=["onnx", "pt2"], default="onnx", help="onnx (needs nge[onnx]) or pt2 (default: onnx)")
+    e.add_argument("--out", metavar="FILE", help="the file to write (default: RUN/model.onnx or RUN/model.pt2)")
+    e.add_argument("--force", action="store_true", help="replace an existing file")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("predict", help="class names and probabilities for images")
+    r.add_argument("model", metavar="MODEL", help="an nge train run directory, its model.pt, or an exported .onnx or .pt2")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (.jpeg, .jpg, .png) or folders of them")
+    r.add_argument("--top", type=int, default=5, metavar="K", help="the K most probable classes (default 5)")
+    r.add_argument("--json", action="store_true", help="one JSON object per image")
+    r.set_defaults(func=cmd_predict)
 
     from nge import bench
 
