@@ -90,7 +90,8 @@ def load(run: str | Path) -> Classifier:
         raise NGEError(f"{path} is inconsistent: {len(classes)} class names for {ckpt['num_classes']} classes, "
                        f"preprocessing for {pre.channels} channels and a network for {ckpt['in_channels']}")
     m = EvalNetConfig(**{**to_dict(EvalNetConfig()), **cfg.get("model", {})})
-    net = build_network(m, genotype, pre.channels, len(classes), imagenet=cfg.get("data", {}).get("name") == "imagenet")
+    with torch.random.fork_rng(devices=[]):  # the initial weights, overwritten below, leave the caller's RNG alone
+        net = build_network(m, genotype, pre.channels, len(classes), imagenet=cfg.get("data", {}).get("name") == "imagenet")
     net.auxiliary_head = None  # trained weights of it are dropped below: inference never runs it
     state = {k: v for k, v in ckpt["task"]["net"].items() if not k.startswith("auxiliary_head.")}
     try:
