@@ -317,7 +317,7 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str] | 
     validate(obj)
     _refuse_inert(obj, keys)
     if isinstance(obj, AblateConfig) and is_preset_file(preset):
-        _relative_presets(obj, Path(preset).expanduser().parent)
+        _relative_presets(obj, Path(preset).expanduser().resolve().parent)
     return obj
 
 
