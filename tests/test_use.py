@@ -106,7 +106,7 @@ def test_class_names_and_preprocessing_travel_with_the_exports(used):
         assert meta["nge.genotype"] == model.genotype.to_dict()
 
 
-def _predicted(outputs_or_run, root: Path, model: str) -> list[dict]:
+def _predicted(root: Path, model: str) -> list[dict]:
     rc, out, err = run(["predict", model, str(root / "toy/test"), "--json", "--top", "3"])
     assert rc == 0, err
     return [json.loads(line) for line in out.splitlines()]
@@ -120,7 +120,7 @@ def test_predict_gives_pytorch_argmax_and_the_runs_test_accuracy(used, run_name)
     model = load(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     for source in ("model.pt", "model.onnx", "model.pt2") if run_name == "toy-train" else ("model.pt",):
-        rows = _predicted(outputs, root, str(run_dir / source))
+        rows = _predicted(root, str(run_dir / source))
         files = image_files([root / "toy/test"])
         assert [r["image"] for r in rows] == [str(f) for f in files] and len(rows) == 12
         with torch.no_grad():
@@ -253,3 +253,26 @@ def test_every_data_set_names_its_classes(fmnist_root, cifar10_root):
     assert len(CLASS_NAMES["cifar100"]) == 100 == len(set(CLASS_NAMES["cifar100"]))
     synth = load_train_data(load_config(TrainRunConfig, "train", "smoke", {}), torch.device("cpu"))
     assert synth.classes == ("0", "1", "2", "3")
+
+
+@pytest.mark.slow
+def test_an_imagenet_run_exports_in_both_formats(tmp_path):
+    """The ImageNet network (its own stem, DARTS_V2's convolutions), crop preprocessing in the files."""
+    from nge.export import export
+
+    root = write_synthetic_imagefolder(tmp_path / "inet", seed=2)
+    rc, _, err = run(["train", "--preset", "smoke-imagenet", "--genotype", "DARTS_V2", "--out", str(tmp_path / "run"),
+                      f"data.root={root}", "data.workers=0", "train.epochs=1", "train.warmup_epochs=0", THREADS,
+                      "runtime.progress=false"])
+    assert rc == 0, err
+    model = load(tmp_path / "run")
+    assert model.preprocess.mode == "crop" and model.preprocess.resize == 36 and len(model.classes) == 3
+    for fmt in ("onnx", "pt2"):
+        result = export(tmp_path / "run", fmt, log=lambda _msg: None)
+        assert Path(result["path"]).is_file() and set(result["diffs"]) == {1, 4} and result["max_diff"] <= 1e-4
+    rc, out, err = run(["predict", str(tmp_path / "run/model.onnx"), str(root / "val"), "--json"])
+    assert rc == 0, err
+    files = image_files([root / "val"])
+    with torch.no_grad():
+        argmax = model(model.preprocess(files)).argmax(1).tolist()
+    assert [json.loads(line)["top"][0]["class"] for line in out.splitlines()] == [model.classes[k] for k in argmax]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,8 +119,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise NGEError(f"--top must be >= 1, got {args.top}")
     model = open_model(args.model)
-    for row in predict(model, args.inputs, args.top):
-        print(json.dumps(row) if args.json else format_line(row), flush=True)
+    try:
+        for row in predict(model, args.inputs, args.top):
+            print(json.dumps(row) if args.json else format_line(row), flush=True)
+    except BrokenPipeError:  # the reader stopped (nge predict ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
