@@ -35,7 +35,7 @@ class Preprocess:
     resize: int | None = None  # crop only: the shorter side before the centre crop
 
     def __post_init__(self) -> None:
-        ok = (self.mode in ("square", "crop") and self.size >= 1 and self.channels in (1, 3)
+        ok = (self.mode in ("square", "crop") and self.size >= 1 and self.channels >= 1
               and len(self.mean) == len(self.std) == self.channels and min(self.std) > 0
               and (self.mode == "square" or (self.channels == 3 and self.resize is not None and self.resize >= self.size)))
         if not ok:
@@ -60,6 +60,8 @@ class Preprocess:
 
     def image(self, img: ImageInput) -> torch.Tensor:
         """One image -> float (channels, size, size)."""
+        if self.channels not in (1, 3):  # e.g. a synthetic set of 2 channels: no image file has them
+            raise NGEError(f"this network takes {self.channels}-channel input; images are grayscale or RGB")
         if not isinstance(img, Image.Image):
             img = open_image(Path(img), mode=None if self.mode == "square" else "RGB")
         if self.mode == "crop":
