@@ -61,3 +61,16 @@ def test_a_user_preset_file_runs_an_ablation(tmp_path, capsys):
     assert train["epochs"] == 1 and train["preset"] == str(tmp_path / "tiny-train.yaml")
     search = json.loads((out / "mine-seed0/search/summary.json").read_text())
     assert search["epochs"] == 1 and search["genotype"] == json.loads(rows[1]["genotype"])
+
+
+def test_profile_takes_a_preset_file(tmp_path, capsys):
+    f = tmp_path / "small.yaml"
+    f.write_text("data: {name: synthetic, synthetic: {channels: 1, size: 12, num_classes: 5}}\nmodel: {C: 4, layers: 3}\n")
+    assert main(["profile", "--preset", str(f), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == str(f) and result["input"] == [1, 12, 12] and result["num_classes"] == 5
+    assert result["config"]["C"] == 4
+    f.write_text("model: {C: four}\n")
+    assert main(["profile", "--preset", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "model.C" in err
