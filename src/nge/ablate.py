@@ -25,16 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from nge.config import (
-    RANDOM_ROW,
-    AblateConfig,
-    SearchRunConfig,
-    TrainRunConfig,
-    load_config,
-    preset_name,
-    to_yaml,
-    validate,
-)
+from nge.config import RANDOM_ROW, AblateConfig, SearchRunConfig, TrainRunConfig, load_config, preset_name, to_yaml, validate
 from nge.engine import RunDir, atomic_write_text, single_process
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
