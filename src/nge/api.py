@@ -78,7 +78,7 @@ def _out(out: str | Path | None, kind: str, preset: str) -> Path:
 
 
 def search(preset: str = "quick", out: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
-           force: bool = False, resume: bool = False, log: Log = True, **sections: dict[str, Any]) -> Result:
+           force: bool = False, resume: bool = False, log: Log = True, **sections: dict[str, Any]) -> Result | None:
     """`nge search`: searches a cell with `preset` (a name or a FILE.yaml) and writes the run
     directory `out` (default runs/search-PRESET-TIME)."""
     from nge.searching import run_search
@@ -89,12 +89,14 @@ def search(preset: str = "quick", out: str | Path | None = None, overrides: dict
     path = _out(out, "search", preset)
     with _contained(log) as write:
         summary = run_search(cfg, path, force=force, resume=resume, log=write)
+    if summary is None:  # under torchrun, in all but the first process
+        return None
     return Result(Genotype.from_dict(summary["genotype"]), summary, path)
 
 
 def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Path | None = None,
           overrides: dict[str, Any] | None = None, *, force: bool = False, resume: bool = False, log: Log = True,
-          **sections: dict[str, Any]) -> Result:
+          **sections: dict[str, Any]) -> Result | None:
     """`nge train`: trains `genotype` (a Genotype, a built-in name, random:SEED, a genotype.json or a
     search run directory) from scratch and writes the run directory `out` (default runs/train-PRESET-TIME)."""
     from nge.training import run_train
@@ -108,6 +110,8 @@ def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Pat
     spec = genotype if isinstance(genotype, Genotype) else str(genotype)
     with _contained(log) as write:
         summary = run_train(cfg, spec, path, force=force, resume=resume, log=write)
+    if summary is None:  # under torchrun, in all but the first process
+        return None
     return Result(Genotype.from_dict(summary["genotype"]), summary, path)
 
 
