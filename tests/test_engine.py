@@ -25,7 +25,7 @@ from nge.engine import (
     save_checkpoint,
 )
 from nge.errors import NGEError
-from nge.search import run_search
+from nge.searching import run_search
 
 # ---------------------------------------------------------------------------- run directory and files
 

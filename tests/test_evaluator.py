@@ -21,7 +21,7 @@ from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
 from nge.stats import icc, kendall, smallest_difference, spearman
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
-from nge.train import held_out
+from nge.training import held_out
 
 QUIET = ["runtime.progress=false", "runtime.threads=1"]
 

@@ -19,7 +19,7 @@ from nge.config import SearchRunConfig, TrainRunConfig, load_config
 from nge.engine import RunDir, fit, load_checkpoint
 from nge.errors import NGEError
 from nge.space import Genotype
-from nge.train import TrainTask
+from nge.training import TrainTask
 
 pytestmark = pytest.mark.faults
 

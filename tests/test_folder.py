@@ -18,9 +18,9 @@ from nge.data import describe, input_shape, load_folder, scan_folder, split_trai
 from nge.data.folder import STREAM_NORM, channel_stats, decode
 from nge.data.loader import ImageLoader
 from nge.errors import NGEError
-from nge.search import SearchJob
+from nge.searching import SearchJob
 from nge.space import Genotype
-from nge.train import load_train_data
+from nge.training import load_train_data
 
 CPU = torch.device("cpu")
 QUIET = ["runtime.progress=false"]

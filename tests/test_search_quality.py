@@ -194,7 +194,7 @@ def test_the_faithful_search_keeps_the_papers_arch_optimiser(tmp_path):
     in every gd preset; only `quick` departs (nge's remedy, a larger lr)."""
     from nge.config import SearchRunConfig, available_presets, load_config, to_dict
     from nge.data import load_dataset
-    from nge.search import SearchTask
+    from nge.searching import SearchTask
     for preset in available_presets("search"):
         cfg = load_config(SearchRunConfig, "search", preset, [])
         if cfg.search.strategy != "gd":

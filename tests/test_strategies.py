@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from nge import search as search_module
+from nge import searching as search_module
 from nge.engine import Meter, RunDir, fit
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Genotype, Topology, random_genotype

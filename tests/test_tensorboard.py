@@ -6,8 +6,8 @@ import pytest
 
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
 from nge.errors import NGEError
-from nge.search import run_search
-from nge.train import run_train
+from nge.searching import run_search
+from nge.training import run_train
 
 QUIET = ["runtime.progress=false", "runtime.tensorboard=true"]
 

@@ -13,7 +13,7 @@ from nge.errors import NGEError
 from nge.evalnet import NetworkCIFAR
 from nge.genotypes import BUILTIN_GENOTYPES, resolve_genotype
 from nge.profile import count_params_without_aux
-from nge.train import TrainTask
+from nge.training import TrainTask
 
 QUIET = ["runtime.progress=false"]
 

@@ -60,7 +60,7 @@ def test_segment_needs_a_backbone_or_a_genotype(tmp_path, capsys):
 
 
 def test_paper_imagenet_preset_values_and_one_step_at_full_size(tmp_path):
-    from nge.train import TrainTask, load_train_data
+    from nge.training import TrainTask, load_train_data
 
     cfg = load_config(TrainRunConfig, "train", "paper-imagenet", [])
     validate(cfg)
@@ -110,7 +110,7 @@ def test_paper_voc_preset_one_step_at_full_size(tmp_path):
 def test_imagenet_mid_epoch_resume_skips_without_decoding_and_equals_one_run(tmp_path):
     from nge.engine import RunDir, fit
     from nge.errors import NGEError
-    from nge.train import TrainTask, load_train_data
+    from nge.training import TrainTask, load_train_data
 
     root = write_synthetic_imagefolder(tmp_path / "imagenet")
     cfg = load_config(TrainRunConfig, "train", "smoke-imagenet", [*QUIET, f"data.root={root}", "data.workers=0",

@@ -46,11 +46,11 @@ from nge.engine import RunDir, atomic_write_text, single_process
 from nge.engine.rundir import check_resume_config
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
-from nge.search import run_search
+from nge.searching import run_search
 from nge.space import Genotype
 from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
-from nge.train import run_train
+from nge.training import run_train
 
 
 def train_seed(seed: int, t: int) -> int:

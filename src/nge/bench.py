@@ -199,7 +199,7 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
     batch, n = cfg.data.batch_size, s.warmup + s.steps
     row: dict[str, Any] = {"what": what, "form": "reference" if reference else "nge"}
     if kind == "search":
-        from nge.search import SearchTask
+        from nge.searching import SearchTask
         from nge.space import random_genotype
 
         data = _synthetic(cfg, 2 * batch * n)
@@ -231,7 +231,7 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
                    checkpoint="none" if reference or what == "arch-forward" else task.net.checkpoint)
     else:
         from nge.genotypes import resolve_genotype
-        from nge.train import TrainTask
+        from nge.training import TrainTask
 
         task = TrainTask(cfg, resolve_genotype(s.genotype), _synthetic(cfg, batch * n), device)
         task.net.set_drop_path(cfg.model.drop_path)

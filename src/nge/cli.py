@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +16,12 @@ def _log(msg: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nge.config import SearchRunConfig, load_config
+    from nge.config import SearchRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
-    from nge.search import run_search
+    from nge.searching import run_search
 
     cfg = load_config(SearchRunConfig, "search", args.preset, args.overrides)
-    out = Path(args.out) if args.out else default_run_dir("search", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("search", preset_name(args.preset))
     summary = run_search(cfg, out, force=args.force, resume=args.resume, log=_log)
     if summary is not None:  # None in all but the first process under torchrun
         print(json.dumps(summary["genotype"]))
@@ -28,12 +29,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nge.config import TrainRunConfig, load_config
+    from nge.config import TrainRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
-    from nge.train import run_train
+    from nge.training import run_train
 
     cfg = load_config(TrainRunConfig, "train", args.preset, args.overrides)
-    out = Path(args.out) if args.out else default_run_dir("train", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("train", preset_name(args.preset))
     summary = run_train(cfg, args.genotype, out, force=args.force, resume=args.resume, log=_log)
     if summary is not None:
         print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "params", "mult_adds")}))
@@ -41,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from nge.config import SegmentRunConfig, load_config
+    from nge.config import SegmentRunConfig, load_config, preset_name
     from nge.engine import default_run_dir
     from nge.segment import run_segment
 
@@ -52,7 +53,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if key in ("model.C", "model.layers"):
                 raise NGEError(f"bad configuration: {key} has no effect with --backbone (the checkpoint's network is "
                                "used); drop it")
-    out = Path(args.out) if args.out else default_run_dir("segment", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("segment", preset_name(args.preset))
     summary = run_segment(cfg, out, backbone=args.backbone, genotype=args.genotype, force=args.force,
                           resume=args.resume, log=_log)
     print(json.dumps({k: summary[k] for k in ("final_val_miou", "final_val_acc", "params")}))
@@ -82,12 +83,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from nge.ablate import run_ablation
-    from nge.config import AblateConfig, load_config
+    from nge.config import AblateConfig, load_config, preset_name
     from nge.engine import default_run_dir
 
     extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
-    out = Path(args.out) if args.out else default_run_dir("ablate", args.preset)
+    out = Path(args.out) if args.out else default_run_dir("ablate", preset_name(args.preset))
     run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
                  address=args.address, threads_per_run=args.threads_per_run)
     print((out / "ablation.md").read_text(), end="")
@@ -102,6 +103,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(json.dumps(result) if args.json else format_profile(result))
     if over_limit:
         raise NGEError(f"{over_limit}; nge train refuses this network")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nge.export import export
+
+    export(args.run, args.format, args.out, force=args.force, log=_log)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nge.predict import format_line, open_model, predict
+
+    if args.top < 1:
+        raise NGEError(f"--top must be >= 1, got {args.top}")
+    model = open_model(args.model)
+    try:
+        for row in predict(model, args.inputs, args.top):
+            print(json.dumps(row) if args.json else format_line(row), flush=True)
+    except BrokenPipeError:  # the reader stopped (nge predict ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -128,19 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("search", help="search a cell and write a run directory")
-    s.add_argument("--preset", default="quick", help="search preset (default: quick)")
+    s.add_argument("--preset", default="quick", help="search preset: a name or a FILE.yaml (default: quick)")
     _run_arguments(s, "search", "config overrides, e.g. search.epochs=10")
     s.set_defaults(func=cmd_search)
 
     t = sub.add_parser("train", help="train a genotype from scratch and report test accuracy")
     t.add_argument("--genotype", required=True, metavar="FILE_OR_NAME",
                    help="genotype.json, a search run directory, or a built-in name (DARTS_V1, DARTS_V2)")
-    t.add_argument("--preset", default="quick", help="training preset (default: quick)")
+    t.add_argument("--preset", default="quick", help="training preset: a name or a FILE.yaml (default: quick)")
     _run_arguments(t, "train", "config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("segment", help="DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012")
-    g.add_argument("--preset", default="paper-voc", help="segmentation preset (default: paper-voc)")
+    g.add_argument("--preset", default="paper-voc", help="segmentation preset: a name or a FILE.yaml (default: paper-voc)")
     g.add_argument("--backbone", metavar="CHECKPOINT", help="model.pt of an nge train ImageNet run (its genotype is used)")
     g.add_argument("--genotype", metavar="FILE_OR_NAME",
                    help="without --backbone: a randomly initialised backbone of this genotype")
@@ -155,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.set_defaults(func=cmd_synth)
 
     a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")
-    a.add_argument("--preset", default="quick", help="ablation preset (default: quick)")
+    a.add_argument("--preset", default="quick", help="ablation preset: a name or a FILE.yaml (default: quick)")
     a.add_argument("--seeds", type=int, help="seeds per parameterisation (default: the preset's)")
     a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
     a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
@@ -172,11 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("profile", help="parameter and multiply-add counts of a preset's network")
     f.add_argument("--preset", required=True,
-                   help="a search preset, or with --genotype a training preset")
+                   help="a search preset, or with --genotype a training preset (a name or a FILE.yaml)")
     f.add_argument("--genotype", metavar="FILE_OR_NAME", help="profile the evaluation network of this genotype")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     f.set_defaults(func=cmd_profile)
+
+    e = sub.add_parser("export", help="export a trained network to ONNX or torch.export, checked against PyTorch")
+    e.add_argument("run", metavar="RUN", help="an nge train run directory or its model.pt")
+    e.add_argument("--format", choices=["onnx", "pt2"], default="onnx", help="onnx (needs nge[onnx]) or pt2 (default: onnx)")
+    e.add_argument("--out", metavar="FILE", help="the file to write (default: RUN/model.onnx or RUN/model.pt2)")
+    e.add_argument("--force", action="store_true", help="replace an existing file")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("predict", help="class names and probabilities for images")
+    r.add_argument("model", metavar="MODEL", help="an nge train run directory, its model.pt, or an exported .onnx or .pt2")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (.jpeg, .jpg, .png) or folders of them")
+    r.add_argument("--top", type=int, default=5, metavar="K", help="the K most probable classes (default 5)")
+    r.add_argument("--json", action="store_true", help="one JSON object per image")
+    r.set_defaults(func=cmd_predict)
 
     from nge import bench
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import yaml
@@ -172,7 +173,7 @@ class MutationKind(StrEnum):
 
 @dataclass
 class RLConfig:
-    """search.strategy=rl (nge.search.Reinforce)."""
+    """search.strategy=rl (nge.searching.Reinforce)."""
 
     entropy_weight: float = 1e-3  # beta: the bonus on the policy's entropy
     baseline_decay: float = 0.9  # the reward baseline's moving-average decay
@@ -180,7 +181,7 @@ class RLConfig:
 
 @dataclass
 class EAConfig:
-    """search.strategy=ea (nge.search.Evolution): regularised evolution (Real et al. 2019)."""
+    """search.strategy=ea (nge.searching.Evolution): regularised evolution (Real et al. 2019)."""
 
     population: int = 20
     tournament: int = 5  # members drawn for each tournament
@@ -191,7 +192,7 @@ class EAConfig:
 @dataclass
 class SearchConfig:
     epochs: int = 25
-    strategy: Strategy = Strategy.gd  # see nge.search.STRATEGIES and docs/paper.md section 6
+    strategy: Strategy = Strategy.gd  # see nge.searching.STRATEGIES and docs/paper.md section 6
     alternation: Alternation = Alternation.epoch  # gd only
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -224,20 +225,93 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return msg
 
 
-def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -> T:
-    """Schema defaults <- presets/<kind>/<preset>.yaml <- KEY=VALUE overrides: a typed, validated object."""
+def preset_name(preset: str) -> str:
+    """A preset's short name: its own name, or a preset file's stem (for default run directories)."""
+    return Path(preset).stem if is_preset_file(preset) else preset
+
+
+def is_preset_file(preset: str) -> bool:
+    return preset.endswith((".yaml", ".yml"))
+
+
+def _preset_text(kind: str, preset: str) -> str:
+    """A built-in preset's YAML, or (a name ending in .yaml or .yml) a preset file's."""
+    if is_preset_file(preset):
+        path = Path(preset).expanduser()
+        if not path.is_file():
+            raise NGEError(f"preset file {preset} does not exist")
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            detail = " ".join(str(e).split())[:160]
+            raise NGEError(f"bad configuration: preset file {preset} is not valid YAML ({detail})") from None
+        if not isinstance(data, dict | None):
+            raise NGEError(f"bad configuration: preset file {preset} must hold a mapping of keys, not a {type(data).__name__}")
+        return text
     names = available_presets(kind)
     if preset not in names:
-        raise NGEError(f"unknown {kind} preset '{preset}' (available: {', '.join(names)})")
-    text = (resources.files("nge") / "presets" / kind / f"{preset}.yaml").read_text()
+        raise NGEError(f"unknown {kind} preset '{preset}' (available: {', '.join(names)}; or a FILE.yaml)")
+    return (resources.files("nge") / "presets" / kind / f"{preset}.yaml").read_text()
+
+
+def _nested(overrides: dict[str, Any]) -> tuple[dict, list[str]]:
+    """{dotted key or section: value} -> (a nested dict for OmegaConf, the dotted keys). Values keep
+    their Python types (a path is its string; "${" is escaped, so no string is an interpolation)."""
+    out: dict = {}
+    keys: list[str] = []
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, PurePath):
+            v = str(v)
+        if isinstance(v, str):
+            return v.replace("${", "\\${")
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(f"{key}.{k}", v)
+            return
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise NGEError(f"bad configuration: override {key} is inside {part}, which is given a value")
+        if last in node:
+            raise NGEError(f"bad configuration: {key} is overridden twice")
+        node[last] = plain(value)
+        keys.append(key)
+
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key or key.startswith(".") or key.endswith("."):
+            raise NGEError(f"bad configuration: override key {key!r} is not a dotted key (e.g. search.epochs)")
+        put(key, value)
+    return out, keys
+
+
+def load_config(schema: type[T], kind: str, preset: str, overrides: list[str] | dict[str, Any]) -> T:
+    """Schema defaults <- the preset (a name in presets/<kind>/, or a FILE.yaml) <- overrides: a
+    typed, validated object. Overrides are KEY=VALUE strings (values parsed as YAML, as on the
+    command line) or a dict {dotted key or section: value} whose values keep their Python types."""
+    text = _preset_text(kind, preset)
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise NGEError(f"override {item!r} is not KEY=VALUE (e.g. search.epochs=10)")
+    if isinstance(overrides, dict):
+        nested, keys = _nested(overrides)
+    else:
+        for item in overrides:
+            if "=" not in item or item.startswith("="):
+                raise NGEError(f"override {item!r} is not KEY=VALUE (e.g. search.epochs=10)")
+        nested, keys = None, [item.split("=", 1)[0].strip() for item in overrides]
     try:
         cfg = OmegaConf.merge(base, OmegaConf.create(text), {"preset": preset})
-        if overrides:
+        if nested:
+            cfg = OmegaConf.merge(cfg, nested)
+        elif overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
@@ -245,8 +319,23 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str]) -
     except yaml.YAMLError as e:  # an override value that is not valid YAML
         raise NGEError(f"bad configuration: cannot parse {overrides!r} ({str(e).splitlines()[0]})") from None
     validate(obj)
-    _refuse_inert(obj, overrides)
+    _refuse_inert(obj, keys)
+    if isinstance(obj, AblateConfig) and is_preset_file(preset):
+        _relative_presets(obj, Path(preset).expanduser().resolve().parent)
     return obj
+
+
+def _relative_presets(acfg: AblateConfig, folder: Path) -> None:
+    """In an ablation preset file, preset files named relative to it are found next to it."""
+    def near(p: str | None) -> str | None:
+        if p and is_preset_file(p) and not Path(p).expanduser().is_absolute() and (folder / p).is_file():
+            return str(folder / p)
+        return p
+
+    acfg.search_preset = near(acfg.search_preset)
+    acfg.train_presets = [near(p) for p in acfg.train_presets]
+    for row in acfg.rows:
+        row.search_preset = near(row.search_preset)
 
 
 def _inert(cfg: Any) -> dict[str, str]:
@@ -281,11 +370,10 @@ def _inert(cfg: Any) -> dict[str, str]:
     return out
 
 
-def _refuse_inert(cfg: Any, overrides: list[str]) -> None:
+def _refuse_inert(cfg: Any, keys: list[str]) -> None:
     """An override that would change nothing is a mistake worth a message, not silence."""
     inert = _inert(cfg)
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
+    for key in keys:
         for prefix, why in inert.items():
             if key == prefix or key.startswith(prefix + "."):
                 raise NGEError(f"bad configuration: {key} has no effect {why}; drop it")
@@ -468,7 +556,8 @@ class AblateConfig:
 
 def ablate_trainings(cfg: AblateConfig) -> list[AblateTraining]:
     """The comparison's trainings: `trainings`, or one per train preset with `train_overrides`."""
-    return list(cfg.trainings) or [AblateTraining(tp, tp, list(cfg.train_overrides)) for tp in cfg.train_presets]
+    return list(cfg.trainings) or [AblateTraining(preset_name(tp), tp, list(cfg.train_overrides))
+                                   for tp in cfg.train_presets]
 
 
 @dataclass

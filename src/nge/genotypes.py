@@ -68,9 +68,11 @@ DARTS_V2 = Genotype.from_dict(
 BUILTIN_GENOTYPES: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
 
 
-def resolve_genotype(spec: str) -> Genotype:
+def resolve_genotype(spec: str | Genotype) -> Genotype:
     """A built-in name, `random:SEED` (a uniform draw from the search space), a genotype.json file,
-    or a search run directory holding one."""
+    or a search run directory holding one (a Genotype is returned as it is)."""
+    if isinstance(spec, Genotype):
+        return spec
     if spec in BUILTIN_GENOTYPES:
         return BUILTIN_GENOTYPES[spec]
     if spec.startswith("random:"):

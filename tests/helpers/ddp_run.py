@@ -23,14 +23,14 @@ def main() -> None:
 
     job.fit = fit
     if kind == "search":
-        from nge.search import run_search
+        from nge.searching import run_search
 
         summary = run_search(load_config(SearchRunConfig, "search", "smoke", overrides), Path(out), log=lambda m: None)
         task = seen.pop("task")
         mine = {"p_history": [[p.normal.tolist(), p.reduce.tolist()] for p in task.p_history],
                 "genotype": task.genotype().to_dict()}
     else:
-        from nge.train import run_train
+        from nge.training import run_train
 
         summary = run_train(load_config(TrainRunConfig, "train", "smoke", overrides), "DARTS_V2", Path(out),
                             log=lambda m: None)

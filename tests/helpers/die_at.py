@@ -12,15 +12,15 @@ import signal
 import sys
 
 import nge.engine.rundir as rundir
-import nge.search
-import nge.train
+import nge.searching
+import nge.training
 from nge.cli import main
 
 
 def die_at(where: str, n: int, sig: signal.Signals) -> None:
     calls = {"n": 0}
     if where == "step":
-        for module in (nge.search, nge.train):
+        for module in (nge.searching, nge.training):
             real_step = module.sgd_step
 
             def step(*a, _real=real_step, **k):

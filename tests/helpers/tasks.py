@@ -10,8 +10,8 @@ import torch
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
 from nge.data import make_synthetic
 from nge.genotypes import BUILTIN_GENOTYPES
-from nge.search import SearchTask
-from nge.train import TrainTask
+from nge.searching import SearchTask
+from nge.training import TrainTask
 
 QUIET = ["runtime.progress=false"]
 

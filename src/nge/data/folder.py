@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from nge.data.batches import Augment, augment_batch
 from nge.data.loader import FileSamples, ImageLoader
 from nge.data.sets import MIN_IMAGE_SIZE, Dataset, ImageSet
-from nge.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decoding, image_header, open_image
+from nge.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decoding, image_header, open_image, to_square
 from nge.errors import NGEError
 
 MEMORY_LIMIT = 512 * 2**20  # bytes of decoded uint8 images (train, and test for nge train) held in memory
@@ -109,16 +108,11 @@ def scan_folder(root: str | Path, test: bool, image_size: int | None = None, cha
 
 
 def decode(path: Path, channels: int, size: int) -> torch.Tensor:
-    """One file as uint8 (channels, size, size); 16- and 32-bit grayscale keep their top 8 of 16 bits.
-    A file Pillow cannot decode, convert or resize is a one-line NGEError naming it."""
+    """One file as uint8 (channels, size, size) (`to_square`). A file Pillow cannot decode, convert or
+    resize is a one-line NGEError naming it."""
     img = open_image(path, mode=None)
     with decoding(path):  # e.g. LAB converts to RGB but not to L
-        if img.mode == "I" or img.mode.startswith("I;16"):
-            img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.atleast_3d(np.asarray(img)).transpose(2, 0, 1).copy())
+        return to_square(img, channels, size)
 
 
 def _decode_all(samples: Sequence[tuple[Path, int]], channels: int, size: int) -> ImageSet:

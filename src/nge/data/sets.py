@@ -228,6 +228,28 @@ def make_synthetic(
     return Dataset("synthetic", draw(n_train), draw(n_test), num_classes, (0.5,) * channels, (0.3,) * channels)
 
 
+# CIFAR-100's fine labels, sorted (its meta file's order)
+_CIFAR100 = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
+        camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+        dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard
+        lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
+        pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark
+        shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone
+        television tiger tractor train trolleybus tulip turtle wardrobe whale willow_tree wolf woman worm"""
+# class names in label order (Fashion-MNIST's README, CIFAR's meta files)
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar100": tuple(_CIFAR100.split()),
+}
+
+
+def default_classes(name: str, num_classes: int) -> tuple[str, ...]:
+    """The class names of a set without its own (synthetic: "0", "1", ...)."""
+    return CLASS_NAMES.get(name, tuple(str(k) for k in range(num_classes)))
+
+
 IMAGENET_SIZE = 224  # data.image_size=null with data.name=imagenet
 MIN_IMAGE_SIZE = 8  # the least data.image_size, given or inferred from a folder set's images
 

@@ -48,12 +48,22 @@ def image_header(path: Path) -> tuple[str, tuple[int, int]]:
         return f.mode, f.size
 
 
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image -> float (3, H, W) normalised with the ImageNet mean and std."""
+def to_tensor(img: Image.Image, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """RGB image -> float (3, H, W) normalised with `mean` and `std` (default ImageNet's)."""
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return ((x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)).contiguous()
+
+
+def to_square(img: Image.Image, channels: int, size: int) -> torch.Tensor:
+    """An image as uint8 (channels, size, size): 16- and 32-bit grayscale keep their top 8 of 16 bits,
+    then grayscale or RGB, resized (bilinear, antialiased when shrinking) to a square."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        img = Image.fromarray(np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.atleast_3d(np.asarray(img)).transpose(2, 0, 1).copy())
 
 
 def random_resized_crop_params(

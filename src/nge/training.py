@@ -28,8 +28,10 @@ from nge.data import (
     load_folder,
     scan_folder,
 )
-from nge.data.folder import MEMORY_LIMIT, ImageFolder
-from nge.data.sets import IMAGENET_SIZE, ImageSet, class_names
+from nge.data.folder import MEMORY_LIMIT, STREAM_NORM, ImageFolder
+from nge.data.preprocess import Preprocess
+from nge.data.sets import IMAGENET_SIZE, ImageSet, class_names, default_classes
+from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nge.engine import (
     Meter,
     Phase,
@@ -63,7 +65,8 @@ class TrainData:
     image_size: int
     description: str
     n_train: int
-    classes: tuple[str, ...] = ()  # class names, where the data has them
+    classes: tuple[str, ...]  # class names in label order
+    preprocess: Preprocess  # the test split's preprocessing, for any image (model.pt carries it)
     val: Any = None  # the held-out validation split (data.val), or None
 
 
@@ -84,7 +87,9 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
         BatchLoader(train, d.batch_size, shuffle=True, drop_last=True, augment=Augment(d.crop_pad, d.flip, d.cutout),
                     **common),
         BatchLoader(data.test, eval_batch, **common),
-        data.in_channels, data.num_classes, data.image_size, describe(data), len(train), data.classes,
+        data.in_channels, data.num_classes, data.image_size, describe(data), len(train),
+        data.classes or default_classes(data.name, data.num_classes),
+        Preprocess("square", data.image_size, data.in_channels, tuple(data.mean), tuple(data.std)),
         val=BatchLoader(val, eval_batch, **common) if val is not None else None,
     )
 
@@ -114,7 +119,8 @@ def imagenet_data(cfg: TrainRunConfig) -> TrainData:
     n = len(train.indices)
     desc = (f"imagenet {d.root}: {n} train / {len(test.dataset)} val images, {train.num_classes} classes, "
             f"{size}x{size} crops, {d.workers} workers")
-    return TrainData(train, test, 3, train.num_classes, size, desc, n)
+    return TrainData(train, test, 3, train.num_classes, size, desc, n, tuple(train.classes),
+                     Preprocess("crop", size, 3, IMAGENET_MEAN, IMAGENET_STD, d.resize))
 
 
 def stream_data(cfg: TrainRunConfig, f: ImageFolder) -> TrainData:
@@ -127,7 +133,8 @@ def stream_data(cfg: TrainRunConfig, f: ImageFolder) -> TrainData:
     desc = (f"folder {f.root}: {n} train / {len(f.test)} test images, {f.channels}x{f.size}x{f.size}, "
             f"{len(f.classes)} classes ({class_names(f.classes)}); over {MEMORY_LIMIT // 2**20} MB decoded, "
             f"so streamed by {d.workers} workers")
-    return TrainData(train, test, f.channels, len(f.classes), f.size, desc, n, tuple(f.classes))
+    return TrainData(train, test, f.channels, len(f.classes), f.size, desc, n, tuple(f.classes),
+                     Preprocess("square", f.size, f.channels, *STREAM_NORM[f.channels]))
 
 
 def load_train_data(cfg: TrainRunConfig, device: torch.device) -> TrainData:
@@ -222,7 +229,7 @@ class TrainJob(Job):
     command, epochs_key = "train", "train.epochs"
     cfg: TrainRunConfig
 
-    def __init__(self, cfg: TrainRunConfig, genotype_spec: str):
+    def __init__(self, cfg: TrainRunConfig, genotype_spec: str | Genotype):
         super().__init__(cfg)
         self.genotype_spec = genotype_spec
 
@@ -247,7 +254,8 @@ class TrainJob(Job):
 
     def meta(self, task: TrainTask) -> dict:
         return {"genotype": self.genotype.to_dict(), "in_channels": self.data.in_channels,
-                "num_classes": self.data.num_classes, **({"classes": list(self.data.classes)} if self.data.classes else {})}
+                "num_classes": self.data.num_classes, "classes": list(self.data.classes),
+                "preprocess": self.data.preprocess.to_dict()}
 
     def finish(self, task: TrainTask, metrics: list[dict], run: RunDir, log) -> dict:
         self.save_weights(task, run, len(metrics))
@@ -263,17 +271,18 @@ class TrainJob(Job):
             **({"final_val_acc": last["val_acc"], "val_images": self.cfg.data.val} if "val_acc" in last else {}),
             # the sum over epochs of the training loss (TSE, Ru et al. 2021), a ranking signal of its own
             "train_loss_sum": sum(m["train_loss"] for m in metrics if m.get("train_loss") is not None),
-            **({"classes": list(self.data.classes)} if self.data.classes else {}),
+            **({"classes": list(self.data.classes)} if self.cfg.data.name == "folder" else {}),
         }
         log(f"final test acc {summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f}); "
             f"weights in {run.file('model.pt')}")
         return summary
 
     def resume_hint(self, run: RunDir) -> str:
-        return f"nge train --genotype {self.genotype_spec} --resume --out {run.path} ..."
+        spec = run.file("genotype.json") if isinstance(self.genotype_spec, Genotype) else self.genotype_spec
+        return f"nge train --genotype {spec} --resume --out {run.path} ..."
 
 
-def run_train(cfg: TrainRunConfig, genotype_spec: str, out: Path, force: bool = False, resume: bool = False,
+def run_train(cfg: TrainRunConfig, genotype_spec: str | Genotype, out: Path, force: bool = False, resume: bool = False,
               log=print) -> dict | None:
     """Train `genotype_spec` (see `resolve_genotype`) from scratch and write the run directory.
     Returns the summary (None in all but the first process under torchrun)."""

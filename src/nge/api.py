@@ -1,0 +1,118 @@
+"""nge from Python: `nge.search`, `nge.train` and `nge.load`, with the command line's validation
+and errors (NGEError, never SystemExit).
+
+Overrides are a dict of dotted keys or sections ({"data.root": "toy"} or {"data": {"root": "toy"}}),
+or keyword arguments named by a section (data={"root": "toy"}); their values keep their Python types.
+Each call restores the torch thread count and the RNG states (Python, numpy, torch) it changed.
+`log=False` prints nothing (no run log, no progress, no warnings); a callable receives the log lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nge.config import SearchRunConfig, TrainRunConfig, load_config, preset_name
+from nge.engine import default_run_dir, rng_state, set_rng_state
+from nge.errors import NGEError
+from nge.inference import Classifier, load
+from nge.space import Genotype
+
+Log = bool | Callable[[str], None]
+
+
+@dataclass
+class Result:
+    """A finished run: the genotype it searched or trained, its summary.json, its directory."""
+
+    genotype: Genotype
+    summary: dict
+    run_dir: Path
+
+    def load(self) -> Classifier:
+        """The trained network (training runs only; see `nge.load`)."""
+        return load(self.run_dir)
+
+
+def _overrides(overrides: dict[str, Any] | None, sections: dict[str, Any]) -> dict[str, Any]:
+    if overrides is not None and not isinstance(overrides, dict):
+        raise NGEError(f"overrides must be a dict of dotted keys, e.g. {{'search.epochs': 1}}, not {type(overrides).__name__}")
+    merged = dict(overrides or {})
+    for name, value in sections.items():
+        if not isinstance(value, dict):
+            raise NGEError(f"keyword argument {name}= must be a dict of that section's keys (e.g. data={{'root': 'DIR'}})")
+        if any(k == name or k.startswith(name + ".") for k in merged):
+            raise NGEError(f"the section {name} is given both in overrides and as a keyword argument")
+        merged[name] = value
+    return merged
+
+
+@contextlib.contextmanager
+def _contained(log: Log) -> Iterator[Callable[[str], None]]:
+    """The log function to use; restores threads and RNG states afterwards, and with log=False
+    swallows whatever the run writes to stdout and stderr."""
+    threads, rng = torch.get_num_threads(), rng_state()
+    quiet = log is False or log is None
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(), \
+                contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
+            if quiet:
+                yield lambda _msg: None
+            else:
+                yield log if callable(log) else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    finally:
+        torch.set_num_threads(threads)
+        set_rng_state(rng)
+
+
+def _out(out: str | Path | None, kind: str, preset: str) -> Path:
+    return Path(out).expanduser() if out is not None else default_run_dir(kind, preset_name(preset))
+
+
+def search(preset: str = "quick", out: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+           force: bool = False, resume: bool = False, log: Log = True, **sections: dict[str, Any]) -> Result | None:
+    """`nge search`: searches a cell with `preset` (a name or a FILE.yaml) and writes the run
+    directory `out` (default runs/search-PRESET-TIME)."""
+    from nge.searching import run_search
+
+    cfg = load_config(SearchRunConfig, "search", preset, _overrides(overrides, sections))
+    if log is False or log is None:
+        cfg.runtime.progress = False
+    path = _out(out, "search", preset)
+    with _contained(log) as write:
+        summary = run_search(cfg, path, force=force, resume=resume, log=write)
+    if summary is None:  # under torchrun, in all but the first process
+        return None
+    return Result(Genotype.from_dict(summary["genotype"]), summary, path)
+
+
+def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, *, force: bool = False, resume: bool = False, log: Log = True,
+          **sections: dict[str, Any]) -> Result | None:
+    """`nge train`: trains `genotype` (a Genotype, a built-in name, random:SEED, a genotype.json or a
+    search run directory) from scratch and writes the run directory `out` (default runs/train-PRESET-TIME)."""
+    from nge.training import run_train
+
+    if not isinstance(genotype, (Genotype, str, Path)):
+        raise NGEError(f"genotype must be a Genotype, a name or a path, not {type(genotype).__name__}")
+    cfg = load_config(TrainRunConfig, "train", preset, _overrides(overrides, sections))
+    if log is False or log is None:
+        cfg.runtime.progress = False
+    path = _out(out, "train", preset)
+    spec = genotype if isinstance(genotype, Genotype) else str(genotype)
+    with _contained(log) as write:
+        summary = run_train(cfg, spec, path, force=force, resume=resume, log=write)
+    if summary is None:  # under torchrun, in all but the first process
+        return None
+    return Result(Genotype.from_dict(summary["genotype"]), summary, path)
+
+
+__all__ = ["Result", "load", "search", "train"]
