@@ -30,8 +30,8 @@ from nge.engine import (
     cosine_lr,
     data_parallel,
     frozen,
+    optimizer_step,
     set_lr,
-    sgd_step,
     world,
 )
 from nge.engine.job import Job, run_job
@@ -95,7 +95,7 @@ class SearchTask:
         self.net.train()
         logits = self._forward(self.train_net, x, probs.detach())
         loss = F.cross_entropy(logits.float(), y)
-        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+        if optimizer_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
@@ -104,7 +104,7 @@ class SearchTask:
         with frozen(self.net):
             logits = self._forward(self.net, x, self.train_arch())
             loss = F.cross_entropy(logits.float(), y)
-            if sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite):
+            if optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
@@ -150,7 +150,7 @@ class SearchTask:
         with autocast(self.device, self.cfg.runtime.amp):
             logits = self.net.forward_path(x, genotype)
         loss = F.cross_entropy(logits.float(), y)
-        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+        if optimizer_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
 
     @torch.no_grad()
@@ -164,7 +164,7 @@ class SearchTask:
         return float((logits.argmax(1) == y).float().mean())
 
     def arch_update(self, loss: torch.Tensor) -> None:
-        sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
+        optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
 
 
 # ---------------------------------------------------------------------------- strategies
