@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nge import search as search_module
+from nge import strategies as strategies_module
 from nge.engine import Meter, RunDir, fit
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Genotype, Topology, random_genotype
@@ -89,9 +90,9 @@ def test_rl_updates_with_the_exact_log_prob_of_the_cell_it_sampled(monkeypatch, 
     # init=normal: a policy far from uniform, so a wrong cell would have another log-prob
     task = search_task("search.strategy=rl", "search.rl.entropy_weight=0", "search.arch.init=normal")
     sampled, used = [], []
-    real_sample, real_logp = search_module.sample_genotype, search_module.genotype_log_prob
-    monkeypatch.setattr(search_module, "sample_genotype", lambda *a: sampled.append(real_sample(*a)) or sampled[-1])
-    monkeypatch.setattr(search_module, "genotype_log_prob",
+    real_sample, real_logp = strategies_module.sample_genotype, strategies_module.genotype_log_prob
+    monkeypatch.setattr(strategies_module, "sample_genotype", lambda *a: sampled.append(real_sample(*a)) or sampled[-1])
+    monkeypatch.setattr(strategies_module, "genotype_log_prob",
                         lambda logits, g: used.append((logits.detach().clone(), g, real_logp(logits, g))) or used[-1][2])
     x, y = next(iter(task.val_loader))
     for _ in range(2):  # the first step sets the baseline; the second has a non-zero advantage

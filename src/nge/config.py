@@ -168,7 +168,7 @@ class MutationKind(StrEnum):
 
 @dataclass
 class RLConfig:
-    """search.strategy=rl (nge.search.Reinforce)."""
+    """search.strategy=rl (nge.strategies.Reinforce)."""
 
     entropy_weight: float = 1e-3  # beta: the bonus on the policy's entropy
     baseline_decay: float = 0.9  # the reward baseline's moving-average decay
@@ -176,7 +176,7 @@ class RLConfig:
 
 @dataclass
 class EAConfig:
-    """search.strategy=ea (nge.search.Evolution): regularised evolution (Real et al. 2019)."""
+    """search.strategy=ea (nge.strategies.Evolution): regularised evolution (Real et al. 2019)."""
 
     population: int = 20
     tournament: int = 5  # members drawn for each tournament
@@ -187,7 +187,7 @@ class EAConfig:
 @dataclass
 class SearchConfig:
     epochs: int = 25
-    strategy: Strategy = Strategy.gd  # see nge.search.STRATEGIES and docs/paper.md section 6
+    strategy: Strategy = Strategy.gd  # see nge.strategies.STRATEGIES and docs/paper.md section 6
     alternation: Alternation = Alternation.epoch  # gd only
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)

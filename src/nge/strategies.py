@@ -1,8 +1,12 @@
 """Search strategies: how P, or the logits behind it, choose a cell (docs/paper.md section 6).
+The one home of the strategies: the table `STRATEGIES`, their classes and their pure rules.
 
-    gd  gradient descent on P through the mixed supernet (the paper's search; `SearchTask` steps)
+    gd  gradient descent on P through the mixed supernet (the paper's search; the task's steps)
     rl  REINFORCE: the parameterisation is a policy over whole cells, rewarded by validation accuracy
     ea  regularised evolution (Real et al. 2019) whose mutations the parameterisation proposes
+
+A strategy sees the search through the protocol `Search` (nge.search.SearchTask implements it);
+this module never imports nge.search.
 
 rl and ea train the shared weights single path, as SPOS (Guo et al. 2020) does: each training step
 trains one cell drawn uniformly from the space, so the weights never favour the cells a policy
@@ -35,11 +39,19 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Genotype, Topology
+from nge.derive import derive
+from nge.engine import Meter, Phase, Zipped
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, CellProbs, Genotype, Topology
+
+if TYPE_CHECKING:
+    from nge.arch import ArchParam
+    from nge.config import SearchRunConfig
+    from nge.data import BatchLoader
 
 # ---------------------------------------------------------------------------- the policy over cells
 
@@ -253,3 +265,191 @@ class Population:
 
     def load_state_dict(self, state: list[dict]) -> None:
         self.members = deque((Genotype.from_dict(m["genotype"]), float(m["fitness"])) for m in state)
+
+
+# ---------------------------------------------------------------------------- the strategies
+
+
+class Search(Protocol):
+    """What a strategy reads and drives of a search (`nge.search.SearchTask`): the config, the
+    parameterisation, the loaders, P's history and the task's steps."""
+
+    cfg: SearchRunConfig
+    arch: ArchParam
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    p_history: list[CellProbs]
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, probs: CellProbs, meter: Meter) -> None: ...
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None: ...
+    def path_weight_step(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter) -> None: ...
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter | None = None) -> float: ...
+    def arch_update(self, loss: torch.Tensor) -> None: ...
+
+
+
+class Gradient:
+    """gd: the paper's search. Epoch-wise alternation (default): compute P once, train w over every
+    training batch with P fixed, then update the parameterisation over every validation batch,
+    recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step
+    per weight step. The genotype is derived from the last P (`nge.derive`)."""
+
+    def __init__(self, task: Search):
+        self.task = task
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+        if t.cfg.search.alternation == "epoch":
+            # P is computed once; the parameterisation does not change during the weight phase, so a
+            # resumed epoch recomputes the same P.
+            with torch.no_grad():
+                probs = t.arch().detach()
+            return [
+                Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"])),
+                Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"])),
+            ]
+
+        def alternate(batch, meters: dict[str, Meter]) -> None:
+            (xt, yt), (xv, yv) = batch
+            t.arch_step(xv, yv, meters["val"])
+            with torch.no_grad():
+                probs = t.arch().detach()
+            t.weight_step(xt, yt, probs, meters["train"])
+
+        return [Phase("alternating", Zipped(t.train_loader, t.val_loader), alternate)]
+
+    def end_epoch(self) -> dict[str, float]:
+        return {}
+
+    def genotype(self) -> Genotype:
+        p = self.task.p_history[-1]
+        return derive(p.normal, p.reduce)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class _Sampling:
+    """Shared by rl and ea: single-path weight training on uniform draws (module docstring), and
+    the arch phase's own generator. Subclasses supply `arch_step(x, y, meter)`."""
+
+    def __init__(self, task: Search):
+        self.task = task
+        seed = task.cfg.runtime.seed
+        self.path_gen = torch.Generator().manual_seed(seed)  # the weights' uniform cells
+        self.gen = torch.Generator().manual_seed(seed + 1)  # the strategy's own draws
+        self.uniform = uniform_logits()
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+
+        def weight_step(batch, meters: dict[str, Meter]) -> None:
+            t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
+
+        return [Phase("weights", t.train_loader, weight_step),
+                Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
+
+    def logits(self) -> torch.Tensor:
+        return self.task.arch.cell_logits().float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"path_gen": self.path_gen.get_state(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.path_gen.set_state(state["path_gen"])
+        self.gen.set_state(state["gen"])
+
+
+class Reinforce(_Sampling):
+    """rl: each validation step samples one cell from pi, rewards it with its accuracy on the batch
+    (shared weights), and takes an Adam step on -(R - b) log pi(cell) - beta H(pi), with b the
+    moving average of the rewards (started at the first reward). The genotype is pi's mode."""
+
+    def __init__(self, task: Search):
+        super().__init__(task)
+        self.baseline: float | None = None
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t, rl = self.task, self.task.cfg.search.rl
+        logits = self.logits()
+        g = sample_genotype(logits, self.gen)
+        reward = t.accuracy(x, y, g, meter)
+        if self.baseline is None:
+            self.baseline = reward
+        t.arch_update(-(reward - self.baseline) * genotype_log_prob(logits, g) - rl.entropy_weight * genotype_entropy(logits))
+        self.baseline = rl.baseline_decay * self.baseline + (1 - rl.baseline_decay) * reward
+
+    def end_epoch(self) -> dict[str, float]:
+        with torch.no_grad():
+            h = float(genotype_entropy(self.logits()))
+        return {"rl_baseline": self.baseline if self.baseline is not None else float("nan"), "policy_entropy": h}
+
+    def genotype(self) -> Genotype:
+        with torch.no_grad():
+            return mode_genotype(self.logits())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.baseline = state["baseline"]
+
+
+class Evolution(_Sampling):
+    """ea: regularised evolution. While the population is not full, each validation step adds a
+    uniform random cell with its accuracy on the batch as fitness. Then each step: a tournament
+    picks a parent, a mutation drawn from the embedding's distributions (or uniformly, with
+    `search.ea.mutation=uniform`) makes a child, child and parent are measured on the same batch,
+    the child joins with its accuracy and the oldest member dies. The embedding takes an Adam step
+    on -(acc_child - acc_parent) log q(mutation): mutations that beat their parent become likelier.
+    At each epoch's end every member's fitness is re-measured on the epoch's first
+    `search.ea.rank_batches` validation batches with the final weights; the genotype is the member
+    fittest by that measure (ties: the youngest)."""
+
+    def __init__(self, task: Search):
+        super().__init__(task)
+        ea = task.cfg.search.ea
+        self.population = Population(ea.population, ea.tournament)
+        self.learn = ea.mutation == "embedding"
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t = self.task
+        if not self.population.full():
+            g = sample_genotype(self.uniform, self.gen)
+            self.population.add(g, t.accuracy(x, y, g, meter))
+            return
+        parent = self.population.select(self.gen)
+        logits = self.logits() if self.learn else self.uniform
+        m = sample_mutation(logits, parent, self.gen)
+        child = mutate(parent, m)
+        fitness = t.accuracy(x, y, child, meter)
+        if self.learn:
+            t.arch_update(-(fitness - t.accuracy(x, y, parent)) * mutation_log_prob(logits, parent, m))
+        self.population.add(child, fitness)
+
+    def end_epoch(self) -> dict[str, float]:
+        t, n = self.task, self.task.cfg.search.ea.rank_batches
+        batches = list(itertools.islice(t.val_loader.batches_from(0), n))
+        members = self.population.members
+        for i, (g, _) in enumerate(members):
+            members[i] = (g, sum(t.accuracy(x, y, g) * len(y) for x, y in batches) / sum(len(y) for _, y in batches))
+        fitness = [f for _, f in members]
+        return {"ea_best_fitness": max(fitness), "ea_mean_fitness": sum(fitness) / len(fitness)}
+
+    def genotype(self) -> Genotype:
+        return self.population.best()[0]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "population": self.population.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.population.load_state_dict(state["population"])
+
+
+# The one table of search strategies: config name -> class (docs/paper.md section 6).
+STRATEGIES = {"gd": Gradient, "rl": Reinforce, "ea": Evolution}
