@@ -7,7 +7,6 @@ the final genotype: `gd` (the paper's gradient search), `rl` or `ea` (`nge.strat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.profile import count_params
 from nge.space import CellProbs, Genotype
-from nge.strategies import STRATEGIES, Evolution
+from nge.strategies import STRATEGIES
 from nge.supernet import build_supernet
 from nge.telemetry import op_counts, probs_telemetry
 
@@ -186,8 +185,6 @@ class SearchJob(Job):
         counts = {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)}
         line = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in counts[c].items()) for c in counts)
         log(f"genotype written to {run.file('genotype.json')} ({line}); final val acc {last.get('val_acc')}")
-        if isinstance(task.strategy, Evolution):
-            run.write_text("population.json", json.dumps(task.strategy.population.state_dict(), indent=1) + "\n")
         return {
             "arch": str(self.cfg.search.arch.name),
             "strategy": str(self.cfg.search.strategy),
@@ -199,6 +196,7 @@ class SearchJob(Job):
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
             **({"classes": list(self.data.classes)} if self.data.classes else {}),
+            **task.strategy.finish(run, log),
         }
 
 
