@@ -510,3 +510,27 @@ def test_the_ea_pick_is_a_tie_break_when_another_cell_is_as_fit(search_task, tmp
     assert fields["mode_margin"] == margin and fields["tie_break"] == tie
     assert len(lines) == 1 and lines[0].startswith("nge: warning: the ea cell is a tie-break") == tie
     assert (tmp_path / "ea" / "population.json").is_file()
+
+
+def test_an_old_rl_run_dir_with_the_old_decay_is_refused_in_one_line_or_resumes_with_it(tmp_path, capsys):
+    """A run directory from before the strategy defaults: rl with weight decay 1e-3, no search.ea.entropy_weight."""
+    import yaml
+
+    from nge.cli import main
+    from nge.engine import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "rl"
+    cmd = ["search", "--preset", "smoke", "--out", str(out)]
+    args = ["runtime.progress=false", "runtime.threads=1", "search.strategy=rl"]
+    assert main([*cmd, *args, "search.epochs=1", "search.arch.weight_decay=0.001"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    del ckpt["config"]["search"]["ea"]["entropy_weight"]  # as the older version wrote it
+    save_checkpoint(ckpt, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main([*cmd, "--resume", *args, "search.epochs=2"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nge: error: cannot resume") and "\n" not in err
+    assert "search.arch.weight_decay (run: 0.001, now: 0.0)" in err and "search.arch.weight_decay=0.001" in err
+    assert main([*cmd, "--resume", *args, "search.epochs=2", "search.arch.weight_decay=0.001"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["search"]["arch"]["weight_decay"] == 1e-3
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
