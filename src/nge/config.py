@@ -189,7 +189,9 @@ class EAConfig:
     tournament: int = 5  # members drawn, with replacement, for each tournament
     mutation: MutationKind = MutationKind.embedding
     rank_batches: int = 4  # the epoch's first validation batches, on which every fitness of the epoch is measured
-    entropy_weight: float = 1e-3  # the bonus on the mutation distribution's entropy (embedding mutations only)
+    # the bonus on the mutation distribution's entropy (embedding mutations only); 1e-3 did not stop a
+    # collapse, 1e-2 did (docs/design.md, "Why the mutation distribution has an entropy bonus")
+    entropy_weight: float = 1e-2
 
 
 @dataclass
