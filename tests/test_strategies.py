@@ -441,14 +441,15 @@ def test_a_population_that_never_fills_is_refused_before_the_first_epoch(tmp_pat
     assert not out.exists()  # refused before the run directory was made
 
 
+@pytest.mark.slow  # about 30 s here, although its fit alone takes under 1 s: not understood yet
 def test_every_fitness_of_an_epoch_is_measured_on_the_same_batches_with_the_same_weights(tmp_path, search_task):
     task = search_task("search.strategy=ea", "search.ea.population=2", "search.ea.tournament=2",
-                       "search.ea.rank_batches=1", "search.epochs=3")
+                       "search.ea.rank_batches=1", "search.epochs=2")
     s, calls, tournaments = task.strategy, [], []
     real_accuracy, real_select = task.accuracy, s.population.select
 
     def accuracy(x, y, g, meter=None):
-        calls.append((s.epoch, float(x.sum()), sum(float(p.detach().sum()) for p in task.net.parameters())))
+        calls.append((s.epoch, float(x.sum()), float(next(task.net.parameters()).detach().sum())))  # the stem trains
         return real_accuracy(x, y, g, meter)
 
     def select(gen):
@@ -457,11 +458,11 @@ def test_every_fitness_of_an_epoch_is_measured_on_the_same_batches_with_the_same
         return parent, f
 
     task.accuracy, s.population.select = accuracy, select
-    fit(task, 3, RunDir.open(tmp_path / "ea", False, False))
-    assert {e for e, *_ in calls} == {0, 1, 2} and tournaments
-    for epoch in range(3):  # one batch and one set of weights per epoch, another in the next
+    fit(task, 2, RunDir.open(tmp_path / "ea", False, False))
+    assert {e for e, *_ in calls} == {0, 1} and tournaments
+    for epoch in range(2):  # one batch and one set of weights per epoch, others in the next
         assert len({(x, w) for e, x, w in calls if e == epoch}) == 1
-    assert len({(x, w) for _, x, w in calls}) == 3
+    assert len({x for _, x, _ in calls}) == len({w for *_, w in calls}) == 2
     task.accuracy = real_accuracy
     assert all(f == fresh for f, fresh in tournaments)  # no tournament compares older weights or batches
     for g, f in s.population.members:  # the final pick compares fitness of the final weights
