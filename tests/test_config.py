@@ -132,3 +132,46 @@ def test_bench_routes_each_override_to_the_configs_that_have_its_key():
     s.overrides = ["model.nonsense=1"]
     with pytest.raises(NGEError, match="model.nonsense"):
         _configs(s, {"search"})
+
+
+def test_the_arch_weight_decay_defaults_to_the_strategy_s():
+    from nge.config import ARCH_WEIGHT_DECAY, Strategy, to_yaml
+    from nge.strategies import STRATEGIES
+
+    assert set(ARCH_WEIGHT_DECAY) == set(Strategy) == set(STRATEGIES)  # one entry per strategy
+
+    def decay(preset, *overrides):
+        return load_config(SearchRunConfig, "search", preset, list(overrides)).search.arch.weight_decay
+
+    assert decay("smoke") == decay("paper") == decay("quick") == 1e-3  # gd: the paper's
+    assert decay("smoke", "search.strategy=rl") == decay("paper", "search.strategy=ea") == 0.0
+    assert decay("quick-rl") == decay("quick-ea") == 0.0  # as when the presets set it
+    assert decay("smoke", "search.strategy=rl", "search.arch.weight_decay=0.001") == 1e-3
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["search.strategy=rl"])
+    assert "weight_decay: 0.0" in to_yaml(cfg).split("arch:")[1].split("rl:")[0]  # config.yaml holds the value
+
+
+def test_an_old_run_resumes_where_its_settings_are_the_same_and_is_refused_in_one_line_where_not():
+    """Runs started before search.arch.weight_decay had strategy defaults and before search.ea.entropy_weight."""
+    from nge.config import inert_keys, to_dict
+    from nge.engine import check_resume_config
+
+    def old(*overrides):
+        saved = to_dict(load_config(SearchRunConfig, "search", "smoke", list(overrides)))
+        del saved["search"]["ea"]["entropy_weight"]
+        saved["search"]["arch"]["weight_decay"] = 1e-3  # the old default, whatever the strategy
+        return saved
+
+    def resume(saved, *overrides):
+        cfg = load_config(SearchRunConfig, "search", "smoke", list(overrides))
+        check_resume_config(saved, to_dict(cfg), ("search.epochs", *inert_keys(cfg)))
+
+    resume(old())  # gd: the same settings; the ea key is inert
+    with pytest.raises(NGEError) as e:
+        resume(old("search.strategy=rl"), "search.strategy=rl")
+    msg = str(e.value)
+    assert "search.arch.weight_decay (run: 0.001, now: 0.0)" in msg and "search.arch.weight_decay=0.001" in msg
+    assert "\n" not in msg
+    resume(old("search.strategy=rl"), "search.strategy=rl", "search.arch.weight_decay=0.001")
+    with pytest.raises(NGEError, match=r"other settings \(search\.ea\.entropy_weight\); start a new run"):
+        resume(old("search.strategy=ea"), "search.strategy=ea", "search.arch.weight_decay=0.001")

@@ -42,7 +42,7 @@ def run(args: list[str], out: Path, *extra: str, die: str | None = None) -> subp
 def outcome(out: Path) -> dict:
     """What must match between an interrupted-and-resumed run and an uninterrupted one."""
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    result = {"metrics": [{k: v for k, v in r.items() if k != "seconds"} for r in rows]}
+    result = {"metrics": without_seconds(rows)}
     if (out / "probs.jsonl").exists():
         result["probs"] = (out / "probs.jsonl").read_text()
         result["genotype"] = (out / "genotype.json").read_text()

@@ -36,6 +36,7 @@ from nge.config import (
     SearchRunConfig,
     TrainRunConfig,
     ablate_trainings,
+    inert_keys,
     load_config,
     to_dict,
     to_yaml,
@@ -109,7 +110,7 @@ def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
     if saved is None:
         raise NGEError(f"{path} is finished but has no config.yaml to check; delete it or use --force")
     try:
-        check_resume_config(saved, to_dict(cfg), RESUME_MAY_CHANGE)
+        check_resume_config(saved, to_dict(cfg), (*RESUME_MAY_CHANGE, *inert_keys(cfg)))
     except NGEError as e:
         raise NGEError(f"{path}: {str(e).removeprefix('cannot resume: ')}; the finished run was made with other "
                        "settings (delete it to run it again)") from None

@@ -161,7 +161,7 @@ def _reference_steps(task):
     P computed by the parameterisation inside the step, not detached, NCHW, fp32)."""
     import torch.nn.functional as F
 
-    from nge.engine import frozen, sgd_step
+    from nge.engine import frozen, optimizer_step
     from nge.supernet import reference_forward
 
     clip = task.cfg.search.weights.grad_clip
@@ -170,13 +170,13 @@ def _reference_steps(task):
         task.net.train()
         task.arch_opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
-        sgd_step(loss, task.weight_opt, task.weight_params, clip)
+        optimizer_step(loss, task.weight_opt, task.weight_params, clip)
 
     def arch(x, y):
         task.net.train()
         with frozen(task.net):
             loss = F.cross_entropy(reference_forward(task.net, x, task.arch()), y)
-            sgd_step(loss, task.arch_opt, task.arch_params, 0.0)
+            optimizer_step(loss, task.arch_opt, task.arch_params, 0.0)
 
     return weight, arch
 

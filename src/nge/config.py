@@ -149,7 +149,7 @@ class ArchConfig:
     lr: float = 6e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    weight_decay: float = 1e-3
+    weight_decay: float | None = None  # Adam's (coupled); None: the strategy's, `ARCH_WEIGHT_DECAY`, set on load
     # The paper says only "randomly initialised in the normal distribution"; both readings are offered.
     init: ArchInit = ArchInit.uniform
     # Share kept of the logits' mean over the edges of a cell (per op), the offset that every edge of
@@ -166,6 +166,13 @@ class Strategy(StrEnum):
     ea = "ea"  # regularised evolution with mutations proposed by the parameterisation
 
 
+# search.arch.weight_decay where it is unset: the paper's 1e-3 for gd; 0 for rl and ea, whose REINFORCE
+# gradients are small and change sign from step to step, so that Adam's coupled decay (always towards
+# zero) drives the logits to zero and the chosen cell becomes a tie-break (docs/design.md, "Search
+# strategies"). One entry per strategy.
+ARCH_WEIGHT_DECAY = {Strategy.gd: 1e-3, Strategy.rl: 0.0, Strategy.ea: 0.0}
+
+
 class MutationKind(StrEnum):
     embedding = "embedding"  # drawn from the parameterisation's distributions, which learn from each child
     uniform = "uniform"  # uniform slot, op and input (the baseline); the parameterisation is not used
@@ -173,7 +180,7 @@ class MutationKind(StrEnum):
 
 @dataclass
 class RLConfig:
-    """search.strategy=rl (nge.searching.Reinforce)."""
+    """search.strategy=rl (nge.strategies.Reinforce)."""
 
     entropy_weight: float = 1e-3  # beta: the bonus on the policy's entropy
     baseline_decay: float = 0.9  # the reward baseline's moving-average decay
@@ -181,18 +188,21 @@ class RLConfig:
 
 @dataclass
 class EAConfig:
-    """search.strategy=ea (nge.searching.Evolution): regularised evolution (Real et al. 2019)."""
+    """search.strategy=ea (nge.strategies.Evolution): regularised evolution (Real et al. 2019)."""
 
     population: int = 20
-    tournament: int = 5  # members drawn for each tournament
+    tournament: int = 5  # members drawn, with replacement, for each tournament
     mutation: MutationKind = MutationKind.embedding
-    rank_batches: int = 4  # validation batches that re-measure every member's fitness at an epoch's end
+    rank_batches: int = 4  # the epoch's first validation batches, on which every fitness of the epoch is measured
+    # the bonus on the mutation distribution's entropy (embedding mutations only); 1e-3 did not stop a
+    # collapse, 1e-2 did (docs/design.md, "Why the mutation distribution has an entropy bonus")
+    entropy_weight: float = 1e-2
 
 
 @dataclass
 class SearchConfig:
     epochs: int = 25
-    strategy: Strategy = Strategy.gd  # see nge.searching.STRATEGIES and docs/paper.md section 6
+    strategy: Strategy = Strategy.gd  # see nge.strategies.STRATEGIES and docs/paper.md section 6
     alternation: Alternation = Alternation.epoch  # gd only
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -318,6 +328,7 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str] | 
         raise NGEError(f"bad configuration: {_one_line(e)}") from None
     except yaml.YAMLError as e:  # an override value that is not valid YAML
         raise NGEError(f"bad configuration: cannot parse {overrides!r} ({str(e).splitlines()[0]})") from None
+    _resolve(obj)
     validate(obj)
     _refuse_inert(obj, keys)
     if isinstance(obj, AblateConfig) and is_preset_file(preset):
@@ -336,6 +347,14 @@ def _relative_presets(acfg: AblateConfig, folder: Path) -> None:
     acfg.train_presets = [near(p) for p in acfg.train_presets]
     for row in acfg.rows:
         row.search_preset = near(row.search_preset)
+    for tr in acfg.trainings:
+        tr.preset = near(tr.preset)
+
+
+def _resolve(cfg: Any) -> None:
+    """Settings whose default depends on other settings, fixed on load (config.yaml holds the values)."""
+    if isinstance(cfg, SearchRunConfig) and cfg.search.arch.weight_decay is None:
+        cfg.search.arch.weight_decay = ARCH_WEIGHT_DECAY[cfg.search.strategy]
 
 
 def _inert(cfg: Any) -> dict[str, str]:
@@ -367,7 +386,14 @@ def _inert(cfg: Any) -> dict[str, str]:
         for key, only in (("search.alternation", Strategy.gd), ("search.rl", Strategy.rl), ("search.ea", Strategy.ea)):
             if s != only:
                 out[key] = f"with search.strategy={s} (only with search.strategy={only})"
+        if s == Strategy.ea and cfg.search.ea.mutation == MutationKind.uniform:
+            out["search.ea.entropy_weight"] = "with search.ea.mutation=uniform (only with embedding mutations)"
     return out
+
+
+def inert_keys(cfg: Any) -> tuple[str, ...]:
+    """The keys and sections that have no effect in `cfg`: a resume may change them."""
+    return tuple(_inert(cfg))
 
 
 def _refuse_inert(cfg: Any, keys: list[str]) -> None:
@@ -433,6 +459,7 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, "search.weights.lr must be > 0 and 0 <= lr_min <= lr")
     _check(0 <= w.momentum < 1, f"search.weights.momentum must be in [0, 1), got {w.momentum}")
     _check(w.weight_decay >= 0 and w.grad_clip >= 0, "search.weights.weight_decay and grad_clip must be >= 0")
+    _check(a.weight_decay is not None, "search.arch.weight_decay is unset (load_config sets the strategy's)")
     _check(a.lr > 0 and a.weight_decay >= 0, "search.arch.lr must be > 0 and weight_decay >= 0")
     _check(0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "search.arch.beta1 and beta2 must be in [0, 1)")
     _check(0 <= a.shared_offset <= 1, f"search.arch.shared_offset must be in [0, 1], got {a.shared_offset}")
@@ -441,6 +468,7 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     e = s.ea
     _check(e.population >= 2 and 1 <= e.tournament <= e.population and e.rank_batches >= 1,
            "search.ea needs population >= 2, 1 <= tournament <= population and rank_batches >= 1")
+    _check(e.entropy_weight >= 0, f"search.ea.entropy_weight must be >= 0, got {e.entropy_weight}")
 
 
 @dataclass

@@ -7,8 +7,6 @@ the final genotype: `gd` (the paper's gradient search), `rl` or `ea` (`nge.strat
 
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,36 +17,24 @@ from nge import viz
 from nge.arch import ArchParam, build_arch
 from nge.config import SearchRunConfig, to_dict
 from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, load_folder, scan_folder, split_train_val
-from nge.derive import derive
 from nge.engine import (
     Meter,
     Phase,
     RunDir,
-    Zipped,
     autocast,
     check_same_everywhere,
     cosine_lr,
     data_parallel,
     frozen,
+    optimizer_step,
     set_lr,
-    sgd_step,
     world,
 )
 from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.profile import count_params
 from nge.space import CellProbs, Genotype
-from nge.strategies import (
-    Population,
-    genotype_entropy,
-    genotype_log_prob,
-    mode_genotype,
-    mutate,
-    mutation_log_prob,
-    sample_genotype,
-    sample_mutation,
-    uniform_logits,
-)
+from nge.strategies import STRATEGIES
 from nge.supernet import build_supernet
 from nge.telemetry import op_counts, probs_telemetry
 
@@ -95,7 +81,7 @@ class SearchTask:
         self.net.train()
         logits = self._forward(self.train_net, x, probs.detach())
         loss = F.cross_entropy(logits.float(), y)
-        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+        if optimizer_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
@@ -104,7 +90,7 @@ class SearchTask:
         with frozen(self.net):
             logits = self._forward(self.net, x, self.train_arch())
             loss = F.cross_entropy(logits.float(), y)
-            if sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite):
+            if optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite):
                 meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:
@@ -150,7 +136,7 @@ class SearchTask:
         with autocast(self.device, self.cfg.runtime.amp):
             logits = self.net.forward_path(x, genotype)
         loss = F.cross_entropy(logits.float(), y)
-        if sgd_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
+        if optimizer_step(loss, self.weight_opt, self.weight_params, self.cfg.search.weights.grad_clip, self.skip_nonfinite):
             meter.update(loss, logits, y)
 
     @torch.no_grad()
@@ -164,177 +150,7 @@ class SearchTask:
         return float((logits.argmax(1) == y).float().mean())
 
     def arch_update(self, loss: torch.Tensor) -> None:
-        sgd_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
-
-
-# ---------------------------------------------------------------------------- strategies
-
-
-class Gradient:
-    """gd: the paper's search. Epoch-wise alternation (default): compute P once, train w over every
-    training batch with P fixed, then update the parameterisation over every validation batch,
-    recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step
-    per weight step. The genotype is derived from the last P (`nge.derive`)."""
-
-    def __init__(self, task: SearchTask):
-        self.task = task
-
-    def phases(self, epoch: int) -> list[Phase]:
-        t = self.task
-        if t.cfg.search.alternation == "epoch":
-            # P is computed once; the parameterisation does not change during the weight phase, so a
-            # resumed epoch recomputes the same P.
-            with torch.no_grad():
-                probs = t.arch().detach()
-            return [
-                Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"])),
-                Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"])),
-            ]
-
-        def alternate(batch, meters: dict[str, Meter]) -> None:
-            (xt, yt), (xv, yv) = batch
-            t.arch_step(xv, yv, meters["val"])
-            with torch.no_grad():
-                probs = t.arch().detach()
-            t.weight_step(xt, yt, probs, meters["train"])
-
-        return [Phase("alternating", Zipped(t.train_loader, t.val_loader), alternate)]
-
-    def end_epoch(self) -> dict[str, float]:
-        return {}
-
-    def genotype(self) -> Genotype:
-        p = self.task.p_history[-1]
-        return derive(p.normal, p.reduce)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class _Sampling:
-    """Shared by rl and ea: single-path weight training on uniform draws (module docstring), and
-    the arch phase's own generator. Subclasses supply `arch_step(x, y, meter)`."""
-
-    def __init__(self, task: SearchTask):
-        self.task = task
-        seed = task.cfg.runtime.seed
-        self.path_gen = torch.Generator().manual_seed(seed)  # the weights' uniform cells
-        self.gen = torch.Generator().manual_seed(seed + 1)  # the strategy's own draws
-        self.uniform = uniform_logits()
-
-    def phases(self, epoch: int) -> list[Phase]:
-        t = self.task
-
-        def weight_step(batch, meters: dict[str, Meter]) -> None:
-            t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
-
-        return [Phase("weights", t.train_loader, weight_step),
-                Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
-
-    def logits(self) -> torch.Tensor:
-        return self.task.arch.cell_logits().float().cpu()
-
-    def state_dict(self) -> dict:
-        return {"path_gen": self.path_gen.get_state(), "gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.path_gen.set_state(state["path_gen"])
-        self.gen.set_state(state["gen"])
-
-
-class Reinforce(_Sampling):
-    """rl: each validation step samples one cell from pi, rewards it with its accuracy on the batch
-    (shared weights), and takes an Adam step on -(R - b) log pi(cell) - beta H(pi), with b the
-    moving average of the rewards (started at the first reward). The genotype is pi's mode."""
-
-    def __init__(self, task: SearchTask):
-        super().__init__(task)
-        self.baseline: float | None = None
-
-    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
-        t, rl = self.task, self.task.cfg.search.rl
-        logits = self.logits()
-        g = sample_genotype(logits, self.gen)
-        reward = t.accuracy(x, y, g, meter)
-        if self.baseline is None:
-            self.baseline = reward
-        t.arch_update(-(reward - self.baseline) * genotype_log_prob(logits, g) - rl.entropy_weight * genotype_entropy(logits))
-        self.baseline = rl.baseline_decay * self.baseline + (1 - rl.baseline_decay) * reward
-
-    def end_epoch(self) -> dict[str, float]:
-        with torch.no_grad():
-            h = float(genotype_entropy(self.logits()))
-        return {"rl_baseline": self.baseline if self.baseline is not None else float("nan"), "policy_entropy": h}
-
-    def genotype(self) -> Genotype:
-        with torch.no_grad():
-            return mode_genotype(self.logits())
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "baseline": self.baseline}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.baseline = state["baseline"]
-
-
-class Evolution(_Sampling):
-    """ea: regularised evolution. While the population is not full, each validation step adds a
-    uniform random cell with its accuracy on the batch as fitness. Then each step: a tournament
-    picks a parent, a mutation drawn from the embedding's distributions (or uniformly, with
-    `search.ea.mutation=uniform`) makes a child, child and parent are measured on the same batch,
-    the child joins with its accuracy and the oldest member dies. The embedding takes an Adam step
-    on -(acc_child - acc_parent) log q(mutation): mutations that beat their parent become likelier.
-    At each epoch's end every member's fitness is re-measured on the epoch's first
-    `search.ea.rank_batches` validation batches with the final weights; the genotype is the member
-    fittest by that measure (ties: the youngest)."""
-
-    def __init__(self, task: SearchTask):
-        super().__init__(task)
-        ea = task.cfg.search.ea
-        self.population = Population(ea.population, ea.tournament)
-        self.learn = ea.mutation == "embedding"
-
-    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
-        t = self.task
-        if not self.population.full():
-            g = sample_genotype(self.uniform, self.gen)
-            self.population.add(g, t.accuracy(x, y, g, meter))
-            return
-        parent = self.population.select(self.gen)
-        logits = self.logits() if self.learn else self.uniform
-        m = sample_mutation(logits, parent, self.gen)
-        child = mutate(parent, m)
-        fitness = t.accuracy(x, y, child, meter)
-        if self.learn:
-            t.arch_update(-(fitness - t.accuracy(x, y, parent)) * mutation_log_prob(logits, parent, m))
-        self.population.add(child, fitness)
-
-    def end_epoch(self) -> dict[str, float]:
-        t, n = self.task, self.task.cfg.search.ea.rank_batches
-        batches = list(itertools.islice(t.val_loader.batches_from(0), n))
-        members = self.population.members
-        for i, (g, _) in enumerate(members):
-            members[i] = (g, sum(t.accuracy(x, y, g) * len(y) for x, y in batches) / sum(len(y) for _, y in batches))
-        fitness = [f for _, f in members]
-        return {"ea_best_fitness": max(fitness), "ea_mean_fitness": sum(fitness) / len(fitness)}
-
-    def genotype(self) -> Genotype:
-        return self.population.best()[0]
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "population": self.population.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.population.load_state_dict(state["population"])
-
-
-# The one table of search strategies: config name -> class (docs/paper.md section 6).
-STRATEGIES = {"gd": Gradient, "rl": Reinforce, "ea": Evolution}
+        optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
 
 
 class SearchJob(Job):
@@ -369,8 +185,6 @@ class SearchJob(Job):
         counts = {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)}
         line = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in counts[c].items()) for c in counts)
         log(f"genotype written to {run.file('genotype.json')} ({line}); final val acc {last.get('val_acc')}")
-        if isinstance(task.strategy, Evolution):
-            run.write_text("population.json", json.dumps(task.strategy.population.state_dict(), indent=1) + "\n")
         return {
             "arch": str(self.cfg.search.arch.name),
             "strategy": str(self.cfg.search.strategy),
@@ -382,6 +196,7 @@ class SearchJob(Job):
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
             **({"classes": list(self.data.classes)} if self.data.classes else {}),
+            **task.strategy.finish(run, log),
         }
 
 

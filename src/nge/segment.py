@@ -27,10 +27,10 @@ from nge.engine import (
     RunDir,
     autocast,
     load_checkpoint,
+    optimizer_step,
     poly_lr,
     progress,
     set_lr,
-    sgd_step,
     single_process,
     to_device,
 )
@@ -109,7 +109,7 @@ class SegmentTask:
         with autocast(self.device, self.cfg.runtime.amp):
             logits = self.net(x)
         loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
-        if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
+        if optimizer_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
             keep = y != IGNORE_INDEX  # pixel accuracy over labelled pixels
             meter.add(loss, ((logits.detach().argmax(1) == y) & keep).sum(), keep.sum())
 

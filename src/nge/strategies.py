@@ -1,8 +1,12 @@
 """Search strategies: how P, or the logits behind it, choose a cell (docs/paper.md section 6).
+The one home of the strategies: the table `STRATEGIES`, their classes and their pure rules.
 
-    gd  gradient descent on P through the mixed supernet (the paper's search; `SearchTask` steps)
+    gd  gradient descent on P through the mixed supernet (the paper's search; the task's steps)
     rl  REINFORCE: the parameterisation is a policy over whole cells, rewarded by validation accuracy
     ea  regularised evolution (Real et al. 2019) whose mutations the parameterisation proposes
+
+A strategy sees the search through the protocol `Search` (nge.searching.SearchTask implements it);
+this module never imports nge.searching.
 
 rl and ea train the shared weights single path, as SPOS (Guo et al. 2020) does: each training step
 trains one cell drawn uniformly from the space, so the weights never favour the cells a policy
@@ -32,14 +36,25 @@ Under all-zero logits these are uniform: the uniform-mutation baseline.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Genotype, Topology
+from nge.derive import derive
+from nge.engine import Meter, Phase, RunDir, Zipped
+from nge.errors import NGEError
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, CellProbs, Genotype, Topology
+
+if TYPE_CHECKING:
+    from nge.arch import ArchParam
+    from nge.config import SearchRunConfig
+    from nge.data import BatchLoader
 
 # ---------------------------------------------------------------------------- the policy over cells
 
@@ -111,6 +126,24 @@ def mode_cell(logits: torch.Tensor, topology: Topology = DEFAULT_TOPOLOGY,
     return tuple(out)
 
 
+def cell_mode_margin(logits: torch.Tensor, topology: Topology = DEFAULT_TOPOLOGY) -> float:
+    """log pi(mode) - log pi(runner-up), in nats. log pi(cell) is, per node, a constant plus the two
+    chosen logits, so the runner-up changes one decision of the mode: an op of a kept edge (its top
+    logit minus its second) or the weaker kept edge for the best dropped one (their max logits)."""
+    logits = logits.detach().double().cpu()
+    gaps = []
+    for node in _cell_nodes(topology):
+        edge = logits[topology.incoming(node)]
+        best = edge.max(dim=1).values
+        order = sorted(range(len(best)), key=lambda r: -float(best[r]))
+        if len(order) > 2:
+            gaps.append(float(best[order[1]] - best[order[2]]))
+        if edge.shape[1] > 1:
+            top = edge.topk(2, dim=1).values
+            gaps += [float(top[r, 0] - top[r, 1]) for r in order[:2]]
+    return min(gaps, default=math.inf)
+
+
 def _genotype(normal: CellGenotype, reduce: CellGenotype, topology: Topology) -> Genotype:
     concat = tuple(range(topology.n_inputs, topology.n_graph_nodes))
     return Genotype(normal, concat, reduce, concat)
@@ -131,6 +164,11 @@ def genotype_entropy(logits: torch.Tensor, topology: Topology = DEFAULT_TOPOLOGY
 
 def mode_genotype(logits: torch.Tensor, topology: Topology = DEFAULT_TOPOLOGY) -> Genotype:
     return _genotype(mode_cell(logits[0], topology), mode_cell(logits[1], topology), topology)
+
+
+def mode_margin(logits: torch.Tensor, topology: Topology = DEFAULT_TOPOLOGY) -> float:
+    """log pi(mode) - log pi(runner-up) over genotypes: the cells are independent, so the smaller cell's."""
+    return min(cell_mode_margin(logits[0], topology), cell_mode_margin(logits[1], topology))
 
 
 def uniform_logits(topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)) -> torch.Tensor:
@@ -205,6 +243,12 @@ def mutation_log_prob(logits: torch.Tensor, parent: Genotype, m: Mutation,
     return next(q for option, q in mutation_options(logits, parent, topology) if option == m)
 
 
+def mutation_entropy(logits: torch.Tensor, parent: Genotype, topology: Topology = DEFAULT_TOPOLOGY) -> torch.Tensor:
+    """The exact entropy (nats) of the mutation distribution of `parent`; differentiable."""
+    logq = torch.stack([q for _, q in mutation_options(logits, parent, topology)])
+    return -(logq.exp() * logq).sum()
+
+
 def mutate(parent: Genotype, m: Mutation, topology: Topology = DEFAULT_TOPOLOGY) -> Genotype:
     per_cell = 2 * topology.n_nodes
     cell, k = _slot(parent, m.slot, per_cell)
@@ -237,19 +281,291 @@ class Population:
         if len(self.members) > self.size:
             self.members.popleft()
 
-    def select(self, gen: torch.Generator) -> Genotype:
-        """Tournament: `tournament` members drawn uniformly without replacement; the fittest wins
-        (ties: the youngest)."""
-        picks = torch.randperm(len(self.members), generator=gen)[: self.tournament].tolist()
-        return self.members[max(picks, key=lambda i: (self.members[i][1], i))][0]
+    def select(self, gen: torch.Generator) -> tuple[Genotype, float]:
+        """Tournament (Real et al. 2019, Algorithm 1): `tournament` members drawn uniformly with
+        replacement; the fittest wins (ties: the youngest). Returns the winner and its fitness."""
+        picks = torch.randint(len(self.members), (self.tournament,), generator=gen).tolist()
+        return self.members[max(picks, key=lambda i: (self.members[i][1], i))]
 
     def best(self) -> tuple[Genotype, float]:
         """The fittest member (ties: the youngest)."""
         i = max(range(len(self.members)), key=lambda i: (self.members[i][1], i))
         return self.members[i]
 
+    def margin(self) -> float:
+        """The best fitness minus the best of the members that are another cell (inf: all one cell)."""
+        g, f = self.best()
+        return f - max((h for other, h in self.members if other != g), default=-math.inf)
+
     def state_dict(self) -> list[dict]:
         return [{"genotype": g.to_dict(), "fitness": f} for g, f in self.members]
 
     def load_state_dict(self, state: list[dict]) -> None:
         self.members = deque((Genotype.from_dict(m["genotype"]), float(m["fitness"])) for m in state)
+
+
+# ---------------------------------------------------------------------------- the strategies
+
+
+class Search(Protocol):
+    """What a strategy reads and drives of a search (`nge.searching.SearchTask`): the config, the
+    parameterisation, the loaders, P's history and the task's steps."""
+
+    cfg: SearchRunConfig
+    arch: ArchParam
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    p_history: list[CellProbs]
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, probs: CellProbs, meter: Meter) -> None: ...
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None: ...
+    def path_weight_step(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter) -> None: ...
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter | None = None) -> float: ...
+    def arch_update(self, loss: torch.Tensor) -> None: ...
+
+
+
+class Gradient:
+    """gd: the paper's search. Epoch-wise alternation (default): compute P once, train w over every
+    training batch with P fixed, then update the parameterisation over every validation batch,
+    recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step
+    per weight step. The genotype is derived from the last P (`nge.derive`)."""
+
+    def __init__(self, task: Search):
+        self.task = task
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+        if t.cfg.search.alternation == "epoch":
+            # P is computed once; the parameterisation does not change during the weight phase, so a
+            # resumed epoch recomputes the same P.
+            with torch.no_grad():
+                probs = t.arch().detach()
+            return [
+                Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"])),
+                Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"])),
+            ]
+
+        def alternate(batch, meters: dict[str, Meter]) -> None:
+            (xt, yt), (xv, yv) = batch
+            t.arch_step(xv, yv, meters["val"])
+            with torch.no_grad():
+                probs = t.arch().detach()
+            t.weight_step(xt, yt, probs, meters["train"])
+
+        return [Phase("alternating", Zipped(t.train_loader, t.val_loader), alternate)]
+
+    def end_epoch(self) -> dict[str, float]:
+        return {}
+
+    def genotype(self) -> Genotype:
+        p = self.task.p_history[-1]
+        return derive(p.normal, p.reduce)
+
+    def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
+        """Writes the strategy's own files, logs its lines; returns its summary fields."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class _Sampling:
+    """Shared by rl and ea: single-path weight training on uniform draws (module docstring), and
+    the arch phase's own generator. Subclasses supply `arch_step(x, y, meter)`."""
+
+    def __init__(self, task: Search):
+        self.task = task
+        seed = task.cfg.runtime.seed
+        self.path_gen = torch.Generator().manual_seed(seed)  # the weights' uniform cells
+        self.gen = torch.Generator().manual_seed(seed + 1)  # the strategy's own draws
+        self.uniform = uniform_logits()
+
+    def phases(self, epoch: int) -> list[Phase]:
+        t = self.task
+
+        def weight_step(batch, meters: dict[str, Meter]) -> None:
+            t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
+
+        return [Phase("weights", t.train_loader, weight_step),
+                Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
+
+    def logits(self) -> torch.Tensor:
+        return self.task.arch.cell_logits().float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"path_gen": self.path_gen.get_state(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.path_gen.set_state(state["path_gen"])
+        self.gen.set_state(state["gen"])
+
+
+# Below this margin (nats) between the most probable cell and the runner-up, rl's cell is a tie-break:
+# the runner-up is at least 99% as probable (all-zero logits, e.g. decayed to 1e-17, give exactly 0).
+TIE_BREAK_NATS = 0.01
+
+
+class Reinforce(_Sampling):
+    """rl: each validation step samples one cell from pi, rewards it with its accuracy on the batch
+    (shared weights), and takes an Adam step on -(R - b) log pi(cell) - beta H(pi), with b the
+    moving average of the rewards (started at the first reward). The genotype is pi's mode; its margin
+    over the runner-up (`mode_margin`) is reported, and below `TIE_BREAK_NATS` the cell is a tie-break."""
+
+    def __init__(self, task: Search):
+        super().__init__(task)
+        self.baseline: float | None = None
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        t, rl = self.task, self.task.cfg.search.rl
+        logits = self.logits()
+        g = sample_genotype(logits, self.gen)
+        reward = t.accuracy(x, y, g, meter)
+        if self.baseline is None:
+            self.baseline = reward
+        t.arch_update(-(reward - self.baseline) * genotype_log_prob(logits, g) - rl.entropy_weight * genotype_entropy(logits))
+        self.baseline = rl.baseline_decay * self.baseline + (1 - rl.baseline_decay) * reward
+
+    def end_epoch(self) -> dict[str, float]:
+        with torch.no_grad():
+            logits = self.logits()
+            h = float(genotype_entropy(logits))
+        return {"rl_baseline": self.baseline if self.baseline is not None else float("nan"), "policy_entropy": h,
+                "mode_margin": mode_margin(logits)}
+
+    def genotype(self) -> Genotype:
+        with torch.no_grad():
+            return mode_genotype(self.logits())
+
+    def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
+        with torch.no_grad():
+            margin = mode_margin(self.logits())
+        tie = margin < TIE_BREAK_NATS
+        if tie:
+            log(f"nge: warning: the rl cell is a tie-break: the policy's runner-up cell is within {TIE_BREAK_NATS} "
+                f"nats of it (mode margin {margin:.3g} nats), so the policy did not choose it")
+        else:
+            log(f"rl: mode margin {margin:.3g} nats (log-probability of the chosen cell minus the runner-up's)")
+        return {"mode_margin": margin, "tie_break": tie}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.baseline = state["baseline"]
+
+
+class Evolution(_Sampling):
+    """ea: regularised evolution (Real et al. 2019, Algorithm 1) on shared weights. Every fitness of an
+    epoch is the accuracy on the same validation batches (the epoch's first `search.ea.rank_batches`)
+    with the same weights (the arch phase does not train them): at the epoch's first arch step every
+    member is re-measured, so a tournament never compares fitness of older weights or other batches.
+    While the population is not full, each arch step adds a uniform random cell. Then each step: a
+    tournament (members drawn with replacement) picks a parent, a mutation drawn from the embedding's
+    distributions (or uniformly, `search.ea.mutation=uniform`) makes a child, the child joins with its
+    fitness and the oldest member dies. The embedding takes an Adam step on
+    -(f_child - f_parent) log q(mutation) - beta H(q): mutations that beat their parent become
+    likelier, and the entropy bonus (`search.ea.entropy_weight`) keeps q from collapsing onto one
+    mutation. The genotype is the fittest member of the final population (ties: the youngest), every
+    fitness re-measured with the final weights in the last arch phase."""
+
+    def __init__(self, task: Search):
+        super().__init__(task)
+        ea, epochs, batches = task.cfg.search.ea, task.cfg.search.epochs, len(task.val_loader)
+        if epochs * batches <= ea.population:
+            raise NGEError(f"search.ea.population={ea.population} never fills: {epochs} epochs x {batches} validation "
+                           f"batches = {epochs * batches} arch steps, so no cell would be mutated; raise search.epochs "
+                           f"to at least {ea.population // batches + 1} (or the validation batches), or lower "
+                           f"search.ea.population below {epochs * batches}")
+        self.population = Population(ea.population, ea.tournament)
+        self.learn = ea.mutation == "embedding"
+        self.epoch = -1
+        self.scored = -1  # the epoch whose weights and batches measured the population's fitness
+        self._scoring: tuple[int, list] | None = None  # (epoch, its scoring batches)
+
+    def phases(self, epoch: int) -> list[Phase]:
+        self.epoch = epoch
+        return super().phases(epoch)
+
+    def scoring_batches(self) -> list:
+        """The epoch's first `rank_batches` validation batches (all of them if there are fewer)."""
+        if self._scoring is None or self._scoring[0] != self.epoch:
+            batches = itertools.islice(self.task.val_loader.batches_from(0), self.task.cfg.search.ea.rank_batches)
+            self._scoring = (self.epoch, list(batches))
+        return self._scoring[1]
+
+    def fitness(self, g: Genotype, meter: Meter | None = None) -> float:
+        """`g`'s accuracy on the scoring batches with the current shared weights."""
+        batches = self.scoring_batches()
+        right = sum(self.task.accuracy(x, y, g, meter) * len(y) for x, y in batches)
+        return right / sum(len(y) for _, y in batches)
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
+        # (x, y) only paces the phase: every fitness of the epoch is measured on the scoring batches
+        t, ea = self.task, self.task.cfg.search.ea
+        if self.scored != self.epoch:  # the weights have changed since the members were measured
+            members = self.population.members
+            for i, (g, _) in enumerate(members):
+                members[i] = (g, self.fitness(g))
+            self.scored = self.epoch
+        if not self.population.full():
+            g = sample_genotype(self.uniform, self.gen)
+            self.population.add(g, self.fitness(g, meter))
+            return
+        parent, parent_fitness = self.population.select(self.gen)
+        logits = self.logits() if self.learn else self.uniform
+        m = sample_mutation(logits, parent, self.gen)
+        child = mutate(parent, m)
+        fitness = self.fitness(child, meter)
+        if self.learn:
+            options = mutation_options(logits, parent)
+            logq = torch.stack([q for _, q in options])
+            chosen = logq[[option for option, _ in options].index(m)]
+            t.arch_update(-(fitness - parent_fitness) * chosen + ea.entropy_weight * (logq.exp() * logq).sum())
+        self.population.add(child, fitness)
+
+    def mutation_entropy(self) -> float:
+        """The mean over the members of their mutation distribution's entropy (nats)."""
+        with torch.no_grad():
+            logits = self.logits() if self.learn else self.uniform
+            return sum(float(mutation_entropy(logits, g)) for g, _ in self.population.members) / len(self.population.members)
+
+    def tie_threshold(self) -> float:
+        """Half a scoring image: fitness values closer than that are equal."""
+        t = self.task
+        return 0.5 / (min(t.cfg.search.ea.rank_batches, len(t.val_loader)) * t.val_loader.batch_size)
+
+    def end_epoch(self) -> dict[str, float]:
+        fitness = [f for _, f in self.population.members]
+        return {"ea_best_fitness": max(fitness), "ea_mean_fitness": sum(fitness) / len(fitness),
+                "mode_margin": self.population.margin(), "mutation_entropy": self.mutation_entropy()}
+
+    def genotype(self) -> Genotype:
+        return self.population.best()[0]
+
+    def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
+        run.write_text("population.json", json.dumps(self.population.state_dict(), indent=1) + "\n")
+        margin, threshold = self.population.margin(), self.tie_threshold()
+        tie = margin < threshold
+        if tie:
+            log(f"nge: warning: the ea cell is a tie-break: another cell of the final population has its fitness "
+                f"(margin {margin:.4g} < half a scoring image, {threshold:.4g}); the youngest was taken")
+        else:
+            log(f"ea: mode margin {margin:.4g} (the chosen cell's fitness minus the best other cell's)")
+        return {"mode_margin": margin, "tie_break": tie, "mutation_entropy": self.mutation_entropy()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "population": self.population.state_dict(), "scored": self.scored}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.population.load_state_dict(state["population"])
+        self.scored = state["scored"]
+
+
+# The one table of search strategies: config name -> class (docs/paper.md section 6).
+STRATEGIES = {"gd": Gradient, "rl": Reinforce, "ea": Evolution}

@@ -41,8 +41,8 @@ from nge.engine import (
     data_parallel,
     evaluate,
     linear_lr,
+    optimizer_step,
     set_lr,
-    sgd_step,
     to_device,
     world,
 )
@@ -186,7 +186,7 @@ class TrainTask:
         self.net.train()
         x, y = self.to_device(x), y.to(self.device, non_blocking=True)
         loss, logits = self.loss(x, y)
-        if sgd_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
+        if optimizer_step(loss, self.opt, self.params, t.grad_clip, self.cfg.runtime.nonfinite == "skip"):
             meter.update(loss, logits, y)
 
     def begin_epoch(self, epoch: int) -> list[Phase]:

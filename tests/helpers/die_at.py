@@ -21,7 +21,7 @@ def die_at(where: str, n: int, sig: signal.Signals) -> None:
     calls = {"n": 0}
     if where == "step":
         for module in (nge.searching, nge.training):
-            real_step = module.sgd_step
+            real_step = module.optimizer_step
 
             def step(*a, _real=real_step, **k):
                 calls["n"] += 1
@@ -29,7 +29,7 @@ def die_at(where: str, n: int, sig: signal.Signals) -> None:
                     os.kill(os.getpid(), sig)
                 return _real(*a, **k)
 
-            module.sgd_step = step
+            module.optimizer_step = step
     else:
         real_write = rundir.atomic_write_bytes
 

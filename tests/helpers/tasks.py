@@ -46,5 +46,5 @@ def sigterm_at_step(task, call: int) -> None:
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
-    """Metrics rows without the wall-clock field, for exact comparison of runs."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    """Metrics rows without the time fields (wall clock, CPU), for exact comparison of runs."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in rows]

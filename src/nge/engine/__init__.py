@@ -4,7 +4,7 @@ checkpoints, learning-rate schedules, the epoch loop (`fit`) and the run skeleto
     runtime    device, seeding, process group, autocast, RNG state
     rundir     RunDir, atomic writes, checkpoints, the resume check
     schedules  cosine, linear (warm-up), poly
-    loop       Meter, sgd_step, evaluate, Phase / EpochTask, fit
+    loop       Meter, optimizer_step, evaluate, Phase / EpochTask, fit
     job        Job, run_job
 """
 
@@ -18,8 +18,8 @@ from nge.engine.loop import (
     evaluate,
     fit,
     frozen,
+    optimizer_step,
     progress,
-    sgd_step,
 )
 from nge.engine.rundir import (
     RunDir,
@@ -52,9 +52,11 @@ from nge.engine.runtime import (
 from nge.engine.schedules import cosine_lr, linear_lr, poly_lr, set_lr
 
 __all__ = [
-    "Batches", "EpochTask", "Meter", "NonFinite", "Phase", "RunDir", "Zipped", "all_reduce_sum", "atomic_write_bytes",
-    "atomic_write_text", "autocast", "check_resume", "check_resume_config", "check_same_everywhere", "cosine_lr",
-    "data_parallel", "default_run_dir", "evaluate", "fit", "frozen", "is_main", "join_process_group", "linear_lr",
-    "load_checkpoint", "main_log", "poly_lr", "process_note", "progress", "resolve_device", "rng_state", "save_checkpoint",
-    "set_lr", "set_rng_state", "setup_runtime", "sgd_step", "shutdown", "single_process", "to_device", "world",
+    "Batches", "EpochTask", "Meter", "NonFinite", "Phase", "RunDir", "Zipped", "all_reduce_sum",
+    "atomic_write_bytes", "atomic_write_text", "autocast", "check_resume", "check_resume_config",
+    "check_same_everywhere", "cosine_lr", "data_parallel", "default_run_dir", "evaluate", "fit", "frozen",
+    "is_main", "join_process_group", "linear_lr", "load_checkpoint", "main_log", "optimizer_step", "poly_lr",
+    "process_note", "progress",
+    "resolve_device", "rng_state", "save_checkpoint", "set_lr", "set_rng_state", "setup_runtime", "shutdown",
+    "single_process", "to_device", "world",
 ]

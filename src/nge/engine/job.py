@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nge.config import RESUME_MAY_CHANGE, to_dict, to_yaml, validate
+from nge.config import RESUME_MAY_CHANGE, inert_keys, to_dict, to_yaml, validate
 from nge.engine.loop import EpochTask, fit
 from nge.engine.rundir import RunDir, check_resume, save_checkpoint
 from nge.engine.runtime import is_main, main_log, process_note, setup_runtime, world
@@ -91,7 +91,8 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
     cfg = job.cfg
     validate(cfg)
     RunDir.check(out, force, resume)
-    resumed_at = check_resume(out, to_dict(cfg), (job.epochs_key, *RESUME_MAY_CHANGE)) if resume else None
+    may_differ = (job.epochs_key, *RESUME_MAY_CHANGE, *inert_keys(cfg))  # settings that cannot change the results
+    resumed_at = check_resume(out, to_dict(cfg), may_differ) if resume else None
     job.prepare(Path(out), resume)
     r = cfg.runtime
     if r.tensorboard:

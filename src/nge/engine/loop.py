@@ -130,9 +130,9 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], batches: Iterable,
     return meter.result(prefix)
 
 
-def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_clip: float,
-             skip_nonfinite: bool = False) -> bool:
-    """Backward, clip, step. A non-finite loss or gradient norm raises NonFinite before the
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                   grad_clip: float, skip_nonfinite: bool = False) -> bool:
+    """Backward, clip, one step of `optimizer` (SGD or Adam). A non-finite loss or gradient norm raises NonFinite before the
     weights change, or, with `skip_nonfinite`, skips the update and returns False.
 
     Under torchrun only the gradient norm is checked: gradients are averaged over the processes,

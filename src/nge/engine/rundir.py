@@ -150,10 +150,12 @@ def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...])
     a, b = flat(saved), flat(current)
     differ = sorted(k for k in set(a) | set(b)
                     if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in may_differ))
-    foreign = [k for k in differ if k not in b]
+    foreign = [k for k in differ if k not in a or k not in b]
     if foreign:
         raise NGEError(f"cannot resume: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
                        "start a new run")
     if differ:
-        raise NGEError(f"cannot resume: the configuration differs from the run's in {', '.join(differ[:6])} "
-                       "(resume with the same preset and overrides)")
+        values = ", ".join(f"{k} (run: {a[k]}, now: {b[k]})" for k in differ[:6])
+        runs = " ".join(f"{k}={a[k]}" for k in differ[:6])
+        raise NGEError(f"cannot resume: the configuration differs from the run's in {values}; resume with the same "
+                       f"preset and overrides, or pass the run's values ({runs})")
