@@ -500,6 +500,12 @@ def _metric(tp: str, rows: list[dict]) -> tuple[str, str]:
     return (f"val_acc[{tp}]", "val acc") if any(f"val_acc[{tp}]" in r for r in rows) else (f"test_acc[{tp}]", "test acc")
 
 
+def _scores(tp: str, rows: list[dict]) -> list[tuple[str, str, float]]:
+    """A training's two scores of a cell, as (column, name, scale): its accuracy in points, and -TSE."""
+    key, what = _metric(tp, rows)
+    return [(key, what, 100.0), (f"tse[{tp}]", "-TSE", -1.0)]
+
+
 def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
     """Each training as an evaluator of cells: its ICC over the cells trained more than once (with a 90%
     bootstrap interval over cells) and, against the reference training, rank correlations."""
@@ -512,8 +518,8 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
            "| CPU min per cell-training |", "|---|---|---|---|---|---|---|"]
     icc_of = {}
     for tp in tps:
-        for key, what in (_metric(tp, rows), (f"tse[{tp}]", "-TSE")):
-            groups = [[(-1 if what == "-TSE" else 100) * r[key] for r in v if r.get(key) is not None] for v in cells.values()]
+        for key, what, scale in _scores(tp, rows):
+            groups = [[scale * r[key] for r in v if r.get(key) is not None] for v in cells.values()]
             groups = [g for g in groups if g]
             if sum(len(g) > 1 for g in groups) < 2:
                 continue
@@ -530,7 +536,7 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
             "detected at α = 0.05 (two-sided) with power 0.8, in the score's unit (accuracy points; TSE: loss). TSE: the sum of "
             "the training losses over the epochs, negated so that higher is better.", ""]
     if acfg.reference:
-        ref_key = _metric(acfg.reference, rows)[0]
+        ref_key, ref_what = _metric(acfg.reference, rows)
         out += [f"Rank correlation of each evaluator's cell means with the reference `{acfg.reference}`, 90% bootstrap "
                 "over cells; corrected: divided by the square root of both reliabilities of a cell mean "
                 "(Spearman-Brown of the ICC), the correlation the evaluators' noise leaves room for.", "",
@@ -539,10 +545,10 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
         for tp in tps:
             if tp == acfg.reference:
                 continue
-            for key, what in (_metric(tp, rows), (f"tse[{tp}]", "-TSE")):
+            for key, what, scale in _scores(tp, rows):
                 pairs = []
                 for v in cells.values():
-                    a = [(-1 if what == "-TSE" else 1) * r[key] for r in v if r.get(key) is not None]
+                    a = [scale * r[key] for r in v if r.get(key) is not None]
                     b = [r[ref_key] for r in v if r.get(ref_key) is not None]
                     if a and b:
                         pairs.append((statistics.mean(a), statistics.mean(b), len(a), len(b)))
@@ -553,7 +559,6 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
                 rlo, rhi = bootstrap_pairs(xs, ys, spearman)
                 klo, khi = bootstrap_pairs(xs, ys, kendall)
                 rel_a = _reliability(icc_of.get((tp, what)), statistics.mean(p[2] for p in pairs))
-                ref_what = _metric(acfg.reference, rows)[1]
                 rel_b = _reliability(icc_of.get((acfg.reference, ref_what)), statistics.mean(p[3] for p in pairs))
                 corr = f"{rho / math.sqrt(rel_a * rel_b):.2f}" if rel_a and rel_b else "n/a"
                 out.append(f"| {tp} | {what} | {len(pairs)} | {rho:.2f} [{rlo:.2f}, {rhi:.2f}] | "
