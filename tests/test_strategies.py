@@ -437,7 +437,7 @@ def test_a_population_that_never_fills_is_refused_before_the_first_epoch(tmp_pat
     assert main(["search", "--preset", "smoke", "--out", str(out), "search.strategy=ea"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("nge: error: search.ea.population=20 never fills") and "\n" not in err
-    assert "2 epochs x 3 validation batches" in err and "search.epochs to at least 7" in err
+    assert "2 epochs with an arch phase x 3 validation batches" in err and "search.epochs to at least 7" in err
     assert not out.exists()  # refused before the run directory was made
 
 

@@ -173,6 +173,13 @@ class Strategy(StrEnum):
 ARCH_WEIGHT_DECAY = {Strategy.gd: 1e-3, Strategy.rl: 0.0, Strategy.ea: 0.0}
 
 
+class Selection(StrEnum):
+    argmax = "argmax"  # each node's two edges with the largest max P, each with its argmax op (the paper's)
+    # DARTS-PT (Wang et al. 2021): an op's (an edge's) importance is how much the supernet's validation
+    # loss rises when it is masked out of P; keep the most important (nge.strategies.perturbation_importance)
+    perturbation = "perturbation"
+
+
 class MutationKind(StrEnum):
     embedding = "embedding"  # drawn from the parameterisation's distributions, which learn from each child
     uniform = "uniform"  # uniform slot, op and input (the baseline); the parameterisation is not used
@@ -204,6 +211,11 @@ class SearchConfig:
     epochs: int = 25
     strategy: Strategy = Strategy.gd  # see nge.strategies.STRATEGIES and docs/paper.md section 6
     alternation: Alternation = Alternation.epoch  # gd only
+    # weights only for the first N epochs: no arch phase (gd), no policy or population updates (rl, ea);
+    # PC-DARTS's warm-up, so that weight-free ops do not win before the convolutions have learned
+    warmup_epochs: int = 0
+    select: Selection = Selection.argmax  # how gd's final P becomes a cell
+    select_batches: int = 4  # perturbation: the validation batches every masked P is scored on
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -453,6 +465,10 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(cfg.data.name != DataName.imagenet, "search holds its data in memory; data.name=imagenet is for nge train")
     _check(0.0 < cfg.data.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {cfg.data.train_portion}")
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
+    _check(0 <= s.warmup_epochs < s.epochs, f"search.warmup_epochs must be in [0, search.epochs), got {s.warmup_epochs}")
+    _check(s.select == Selection.argmax or s.strategy == Strategy.gd,
+           f"search.select={s.select} is gd's; search.strategy={s.strategy} chooses its own cell (use search.select=argmax)")
+    _check(s.select_batches >= 1, f"search.select_batches must be >= 1, got {s.select_batches}")
     _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
            "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
     w, a = s.weights, s.arch

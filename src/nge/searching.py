@@ -149,6 +149,17 @@ class SearchTask:
             meter.update(F.cross_entropy(logits, y), logits, y)
         return float((logits.argmax(1) == y).float().mean())
 
+    @torch.no_grad()
+    def loss(self, batches: list, probs: CellProbs) -> float:
+        """The supernet's mean cross-entropy under P over `batches` (batch statistics, as in training)."""
+        self.net.train()
+        total, n = 0.0, 0
+        for x, y in batches:
+            logits = self._forward(self.net, x, probs).float()
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
+        return total / n
+
     def arch_update(self, loss: torch.Tensor) -> None:
         optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
 

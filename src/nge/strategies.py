@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from nge.derive import derive
+from nge.derive import derive, derive_cell
 from nge.engine import Meter, Phase, RunDir, Zipped
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, CellProbs, Genotype, Topology
@@ -307,6 +308,41 @@ class Population:
 # ---------------------------------------------------------------------------- the strategies
 
 
+def perturbation_importance(loss: Callable[[CellProbs], float], probs: CellProbs) -> dict:
+    """DARTS-PT's importances (Wang et al. 2021), from the validation loss of the supernet under P
+    (`loss`): for each cell type, an op's importance is how much the loss rises when that one entry
+    P[e, k] is set to 0 (the op masked out of its edge, P not renormalised), an edge's when its whole
+    row is. One call for P plus 2 x n_edges x (n_ops + 1), each on the same batches."""
+    base = loss(probs)
+    out: dict = {"base_loss": base}
+    for cell in ("normal", "reduce"):
+        p = getattr(probs, cell)
+        ops = torch.zeros(p.shape, dtype=torch.float64)
+        edges = torch.zeros(p.shape[0], dtype=torch.float64)
+        for e in range(p.shape[0]):
+            for k in range(-1, p.shape[1]):  # -1: the whole edge
+                q = p.clone()
+                q[e, k if k >= 0 else slice(None)] = 0
+                rise = loss(probs._replace(**{cell: q})) - base
+                if k >= 0:
+                    ops[e, k] = rise
+                else:
+                    edges[e] = rise
+        out[cell] = {"ops": ops, "edges": edges}
+    return out
+
+
+def importance_genotype(importance: dict) -> Genotype:
+    """Each node keeps its two most important incoming edges, each with its most important op."""
+    cells = {c: derive_cell(importance[c]["ops"], strength=importance[c]["edges"]) for c in ("normal", "reduce")}
+    return _genotype(cells["normal"], cells["reduce"], DEFAULT_TOPOLOGY)
+
+
+def first_batches(loader: BatchLoader, n: int) -> list:
+    """The epoch's first `n` batches of `loader` (all of them if it has fewer)."""
+    return list(itertools.islice(loader.batches_from(0), n))
+
+
 class Search(Protocol):
     """What a strategy reads and drives of a search (`nge.searching.SearchTask`): the config, the
     parameterisation, the loaders, P's history and the task's steps."""
@@ -322,6 +358,7 @@ class Search(Protocol):
     def path_weight_step(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter) -> None: ...
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, genotype: Genotype, meter: Meter | None = None) -> float: ...
     def arch_update(self, loss: torch.Tensor) -> None: ...
+    def loss(self, batches: list, probs: CellProbs) -> float: ...
 
 
 
@@ -329,22 +366,25 @@ class Gradient:
     """gd: the paper's search. Epoch-wise alternation (default): compute P once, train w over every
     training batch with P fixed, then update the parameterisation over every validation batch,
     recomputing P each step (first order). Per-batch alternation (DARTS) interleaves one arch step
-    per weight step. The genotype is derived from the last P (`nge.derive`)."""
+    per weight step. The genotype is derived from the last P (`nge.derive`), or with
+    `search.select=perturbation` from the importances of `perturbation_importance`, measured on the
+    trained supernet on the first `search.select_batches` validation batches."""
 
     def __init__(self, task: Search):
         self.task = task
+        self.importance: dict | None = None
+        self.select_seconds = 0.0
 
     def phases(self, epoch: int) -> list[Phase]:
         t = self.task
-        if t.cfg.search.alternation == "epoch":
+        warmup = epoch < t.cfg.search.warmup_epochs
+        if t.cfg.search.alternation == "epoch" or warmup:
             # P is computed once; the parameterisation does not change during the weight phase, so a
             # resumed epoch recomputes the same P.
             with torch.no_grad():
                 probs = t.arch().detach()
-            return [
-                Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"])),
-                Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"])),
-            ]
+            weights = Phase("weights", t.train_loader, lambda b, m: t.weight_step(*b, probs, m["train"]))
+            return [weights] if warmup else [weights, Phase("arch", t.val_loader, lambda b, m: t.arch_step(*b, m["val"]))]
 
         def alternate(batch, meters: dict[str, Meter]) -> None:
             (xt, yt), (xv, yv) = batch
@@ -359,12 +399,31 @@ class Gradient:
         return {}
 
     def genotype(self) -> Genotype:
-        p = self.task.p_history[-1]
-        return derive(p.normal, p.reduce)
+        t = self.task
+        p = t.p_history[-1]
+        if t.cfg.search.select == "argmax":
+            return derive(p.normal, p.reduce)
+        if self.importance is None:  # measured once, after the last epoch
+            start = time.perf_counter()
+            batches = first_batches(t.val_loader, t.cfg.search.select_batches)
+            self.importance = perturbation_importance(lambda q: t.loss(batches, q), CellProbs(*(x.to(t.device) for x in p)))
+            self.select_seconds = time.perf_counter() - start
+        return importance_genotype(self.importance)
 
     def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
         """Writes the strategy's own files, logs its lines; returns its summary fields."""
-        return {}
+        t = self.task
+        if t.cfg.search.select == "argmax":
+            return {}
+        self.genotype()  # measures the importances if nothing has yet
+        p = t.p_history[-1]
+        imp = {c: {k: v.tolist() for k, v in self.importance[c].items()} for c in ("normal", "reduce")}
+        run.write_text("importance.json", json.dumps({"base_loss": self.importance["base_loss"], **imp}, indent=1) + "\n")
+        n = 1 + sum(x.numel() + x.shape[0] for x in p)  # P itself, then every op and every edge masked
+        log(f"perturbation selection: {n} supernet validations on {t.cfg.search.select_batches} batches in "
+            f"{self.select_seconds:.0f} s; importances in {run.file('importance.json')}")
+        argmax = derive(p.normal, p.reduce)
+        return {"select_seconds": self.select_seconds, "argmax_genotype": argmax.to_dict()}
 
     def state_dict(self) -> dict:
         return {}
@@ -390,8 +449,10 @@ class _Sampling:
         def weight_step(batch, meters: dict[str, Meter]) -> None:
             t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
 
-        return [Phase("weights", t.train_loader, weight_step),
-                Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
+        weights = Phase("weights", t.train_loader, weight_step)
+        if epoch < t.cfg.search.warmup_epochs:
+            return [weights]
+        return [weights, Phase("arch", t.val_loader, lambda b, m: self.arch_step(*b, m["val"]))]
 
     def logits(self) -> torch.Tensor:
         return self.task.arch.cell_logits().float().cpu()
@@ -475,12 +536,13 @@ class Evolution(_Sampling):
 
     def __init__(self, task: Search):
         super().__init__(task)
-        ea, epochs, batches = task.cfg.search.ea, task.cfg.search.epochs, len(task.val_loader)
+        s, batches = task.cfg.search, len(task.val_loader)
+        ea, epochs = s.ea, s.epochs - s.warmup_epochs  # the epochs with an arch phase
         if epochs * batches <= ea.population:
-            raise NGEError(f"search.ea.population={ea.population} never fills: {epochs} epochs x {batches} validation "
-                           f"batches = {epochs * batches} arch steps, so no cell would be mutated; raise search.epochs "
-                           f"to at least {ea.population // batches + 1} (or the validation batches), or lower "
-                           f"search.ea.population below {epochs * batches}")
+            raise NGEError(f"search.ea.population={ea.population} never fills: {epochs} epochs with an arch phase x "
+                           f"{batches} validation batches = {epochs * batches} arch steps, so no cell would be mutated; "
+                           f"raise search.epochs to at least {s.warmup_epochs + ea.population // batches + 1} (or the "
+                           f"validation batches), or lower search.ea.population below {epochs * batches}")
         self.population = Population(ea.population, ea.tournament)
         self.learn = ea.mutation == "embedding"
         self.epoch = -1
@@ -494,8 +556,7 @@ class Evolution(_Sampling):
     def scoring_batches(self) -> list:
         """The epoch's first `rank_batches` validation batches (all of them if there are fewer)."""
         if self._scoring is None or self._scoring[0] != self.epoch:
-            batches = itertools.islice(self.task.val_loader.batches_from(0), self.task.cfg.search.ea.rank_batches)
-            self._scoring = (self.epoch, list(batches))
+            self._scoring = (self.epoch, first_batches(self.task.val_loader, self.task.cfg.search.ea.rank_batches))
         return self._scoring[1]
 
     def fitness(self, g: Genotype, meter: Meter | None = None) -> float:
@@ -541,6 +602,8 @@ class Evolution(_Sampling):
 
     def end_epoch(self) -> dict[str, float]:
         fitness = [f for _, f in self.population.members]
+        if not fitness:  # a warm-up epoch: no cell scored yet
+            return {}
         return {"ea_best_fitness": max(fitness), "ea_mean_fitness": sum(fitness) / len(fitness),
                 "mode_margin": self.population.margin(), "mutation_entropy": self.mutation_entropy()}
 
