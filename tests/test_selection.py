@@ -137,3 +137,15 @@ def test_a_warm_up_counts_against_the_population_filling(tmp_path, capsys):
                  "search.ea.tournament=2", "search.warmup_epochs=1"]) != 0
     err = capsys.readouterr().err.strip()
     assert "1 epochs with an arch phase x 3 validation batches" in err and "search.epochs to at least 3" in err
+
+
+def test_the_op_bias_is_the_only_offset_the_edges_share_and_it_learns(search_task, tmp_path):
+    plain = search_task("search.arch.shared_offset=0")
+    task = search_task("search.arch.shared_offset=0", "search.arch.op_bias=true")
+    assert sum(p.numel() for p in task.arch.parameters()) == sum(p.numel() for p in plain.arch.parameters()) + 2 * N_OPS
+    torch.testing.assert_close(task.arch.cell_logits(), plain.arch.cell_logits(), rtol=0, atol=0)  # starts at 0
+    fit(task, 1, RunDir.open(tmp_path / "s", False, False))
+    bias = task.arch.op_bias.detach()
+    assert float(bias.abs().max()) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(task.arch.cell_logits().mean(1, keepdim=True), bias, rtol=0, atol=1e-6)

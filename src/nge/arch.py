@@ -27,6 +27,7 @@ class ArchParam(nn.Module):
         self.topology = topology
         self.n_ops = n_ops
         self.shared_offset = 1.0  # see `config.ArchConfig.shared_offset`; 1 leaves the logits as they are
+        self.op_bias: nn.Parameter | None = None  # see `config.ArchConfig.op_bias`; set by build_arch
         src, dst = zip(*topology.edges, strict=True)
         self.register_buffer("edge_src", torch.tensor(src), persistent=False)
         self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
@@ -42,7 +43,8 @@ class ArchParam(nn.Module):
     def cell_logits(self) -> torch.Tensor:
         """The logits whose softmax over ops is P: (2, n_edges, n_ops). A search strategy that samples
         whole cells (`nge.strategies`) also reads each edge's weight from them."""
-        return scale_shared_offset(self.logits(), self.shared_offset)
+        logits = scale_shared_offset(self.logits(), self.shared_offset)
+        return logits if self.op_bias is None else logits + self.op_bias
 
     def forward(self) -> CellProbs:
         p = F.softmax(self.cell_logits(), dim=-1)
@@ -251,8 +253,8 @@ ARCH_PARAMS: dict[str, type[ArchParam]] = {
 
 
 def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
-               init: str = "uniform", shared_offset: float = 1.0) -> ArchParam:
-    """A parameterisation by name; `init` and `shared_offset` as `config.ArchConfig` describes them."""
+               init: str = "uniform", shared_offset: float = 1.0, op_bias: bool = False) -> ArchParam:
+    """A parameterisation by name; `init`, `shared_offset` and `op_bias` as `config.ArchConfig` describes them."""
     try:
         factory = ARCH_PARAMS[name]
     except KeyError:
@@ -263,4 +265,6 @@ def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = le
     elif init != "uniform":
         raise ValueError(f"unknown init '{init}' (known: uniform, normal)")
     arch.shared_offset = shared_offset
+    if op_bias:  # one logit per cell type and op, shared by the edges (zero: P unchanged at the start)
+        arch.op_bias = nn.Parameter(torch.zeros(2, 1, n_ops))
     return arch

@@ -158,6 +158,10 @@ class ArchConfig:
     # embeddings nearly parallel, so their updates move every edge's logits together. nge's own
     # remedy (no paper has it); the README's "Search quality" section gives the diagnosis and numbers.
     shared_offset: float = 1.0
+    # A learned per-op bias added to the logits after shared_offset: a parameter of its own (2 x n_ops),
+    # apart from the edge-specific part, so that with shared_offset=0 the search can still prefer an op
+    # on every edge, but only through 14 numbers it must learn from the validation loss.
+    op_bias: bool = False
 
 
 class Strategy(StrEnum):

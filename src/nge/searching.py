@@ -47,7 +47,7 @@ class SearchTask:
         self.device = device
         self.net = build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
         w, a = cfg.search.weights, cfg.search.arch
-        self.arch: ArchParam = build_arch(a.name, init=a.init, shared_offset=a.shared_offset).to(device)
+        self.arch: ArchParam = build_arch(a.name, init=a.init, shared_offset=a.shared_offset, op_bias=a.op_bias).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.weight_params = list(self.net.parameters())
