@@ -267,6 +267,9 @@ def test_sampling_strategies_refuse_torchrun(monkeypatch, search_task):
     (["search.strategy=ea", "search.ea.population=1"], "population >= 2"),
     (["search.strategy=rl", "search.rl.baseline_decay=1"], "baseline_decay in [0, 1)"),
     (["search.strategy=sa"], "search.strategy"),
+    (["search.warmup_epochs=2"], "search.warmup_epochs must be in [0, search.epochs)"),
+    (["search.strategy=rl", "search.select=perturbation"], "search.select=perturbation is gd's"),
+    (["search.select_batches=0"], "search.select_batches must be >= 1"),
 ])
 def test_bad_strategy_settings_are_one_line(overrides, fragment):
     from nge.config import SearchRunConfig, load_config
