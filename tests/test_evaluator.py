@@ -232,7 +232,92 @@ def test_bad_trainings_are_refused_in_one_line(tmp_path):
     for kw, message in (({"reference": "c"}, "reference 'c' is not one of the trainings"),
                         ({"train_seeds": 0}, "train_seeds must be >= 1"),
                         ({"rows": [{"name": "x", "genotype": "DARTS_V2", "search": ["search.epochs=1"]}]}, "give it no search"),
-                        ({"train_overrides": ["train.epochs=1"]}, "not train_overrides")):
+                        ({"train_overrides": ["train.epochs=1"]}, "not train_overrides"),
+                        ({"trainings": [{"name": "a", "preset": "smoke", "row_seeds": {"zz": 1}}]}, "'zz', which is not a row"),
+                        ({"trainings": [{"name": "a", "preset": "smoke", "row_seeds": {"r3": 3}}]}, r"must be in \[1, seeds=2")):
         with pytest.raises(NGEError, match=message):
             run_ablation(_acfg(**kw), QUIET, tmp_path / "x")
         assert not (tmp_path / "x").exists()
+
+
+def test_row_seeds_give_chosen_rows_more_trainings_than_a_training_s_seeds():
+    from nge.ablate import _configs
+
+    acfg = _acfg(trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1"]},
+                            {"name": "b", "preset": "smoke", "seeds": 1, "row_seeds": {"r3": 2}}])
+    got = {k for k in _configs(acfg, QUIET, None) if k[2] == "b"}
+    assert got == {("darts-v2", 0, "b", 0), ("r3", 0, "b", 0), ("r3", 1, "b", 0), ("r4", 0, "b", 0)}
+
+
+def _csv(path):
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path, lines, drop=()):
+    import csv
+    fields = [k for k in lines[0] if not any(k.startswith(d) for d in drop)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(lines)
+
+
+@pytest.mark.slow
+def test_reuse_takes_finished_runs_from_an_earlier_table(tmp_path, capsys):
+    acfg = _acfg(seeds=1, trainings=[{"name": "a", "preset": "smoke", "overrides": ["train.epochs=1", "data.val=16"]}],
+                 rows=[{"name": "random"}, {"name": "nge"}, {"name": "d", "genotype": "DARTS_V2"}])
+    first = run_ablation(acfg, QUIET, tmp_path / "one", log=lambda *_: None)
+    table = tmp_path / "one" / "ablation.csv"
+    assert all(len(r["config[a]"]) == 12 for r in first) and len(first[1]["config[search]"]) == 12
+
+    # the run folders are gone: every run comes from the table, nothing runs, the same table results
+    logs = []
+    again = run_ablation(acfg, QUIET, tmp_path / "two", log=logs.append, reuse=[table])
+    assert _csv(tmp_path / "two" / "ablation.csv") == _csv(table)
+    assert not [p for p in (tmp_path / "two").iterdir() if p.is_dir()]
+    assert sum("reused from --reuse" in x for x in logs) == 3 and again[1]["genotype"] == first[1]["genotype"]
+
+    # other settings: the fingerprint differs and every run runs again
+    run_ablation(acfg, [*QUIET, "data.batch_size=8"], tmp_path / "three", log=lambda *_: None, reuse=[table])
+    assert (tmp_path / "three" / "nge-seed0" / "search" / "summary.json").is_file()
+    assert (tmp_path / "three" / "d-seed0" / "train-a" / "summary.json").is_file()
+
+    # an older table (no fingerprints) is matched on row, seeds and genotype; a search whose training is
+    # missing runs again with it; a line of another genotype is not taken
+    lines = _csv(table)
+    lines[1]["test_acc[a]"] = ""
+    lines[2]["genotype"] = json.dumps(random_genotype(5).to_dict())
+    _write_csv(tmp_path / "old.csv", lines, drop=("config[",))
+    logs = []
+    run_ablation(acfg, QUIET, tmp_path / "four", log=logs.append, reuse=[tmp_path / "old.csv"])
+    ran = sorted(p.relative_to(tmp_path / "four").as_posix() for p in (tmp_path / "four").glob("*/*/summary.json"))
+    assert ran == ["d-seed0/train-a/summary.json", "nge-seed0/search/summary.json", "nge-seed0/train-a/summary.json"]
+    assert any("1 reused line(s) record no settings fingerprint" in x for x in logs)
+
+    assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "five"), "--reuse", str(tmp_path / "nope.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "--reuse" in err and "nope.csv" in err and err.count("\n") == 1 and not (tmp_path / "five").exists()
+
+
+def test_reused_tables_merge_their_columns_and_refuse_conflicts(tmp_path):
+    from nge.ablate import _Ledger
+    from nge.config import TrainRunConfig, load_config
+
+    g = json.dumps(random_genotype(3).to_dict())
+    _write_csv(tmp_path / "a.csv", [{"row": "r", "seed": 0, "train_seed": 0, "genotype": g, "test_acc[a]": 0.5,
+                                     "val_acc[a]": 0.52}])
+    _write_csv(tmp_path / "b.csv", [{"row": "r", "seed": 0, "train_seed": 0, "genotype": g, "test_acc[b]": 0.9}])
+    cfg = load_config(TrainRunConfig, "train", "smoke", [])
+    ledger = _Ledger([tmp_path / "a.csv", tmp_path / "b.csv"])
+    assert ledger.training("r", 0, 0, "a", cfg, random_genotype(3))["final_val_acc"] == 0.52
+    assert ledger.training("r", 0, 0, "b", cfg, random_genotype(3))["final_test_acc"] == 0.9
+    assert ledger.training("r", 0, 0, "b", cfg, random_genotype(4)) is None  # another cell
+    assert ledger.training("r", 1, 0, "b", cfg, random_genotype(3)) is None
+    _write_csv(tmp_path / "c.csv", [{"row": "r", "seed": 0, "train_seed": 0, "genotype": g, "test_acc[b]": 0.8}])
+    with pytest.raises(NGEError, match=r"c.csv: r, seed 0, training seed 0 has test_acc\[b\] = 0.8, another file 0.9"):
+        _Ledger([tmp_path / "b.csv", tmp_path / "c.csv"])
+    (tmp_path / "d.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(NGEError, match="not an ablation.csv"):
+        _Ledger([tmp_path / "d.csv"])

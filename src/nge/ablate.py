@@ -5,6 +5,8 @@ A comparison is a list of rows; every row runs the same search preset with its o
 training preset. The row named `random` searches nothing: seed k trains `random:k`, a cell drawn
 uniformly from the search space. Each search and training run is an ordinary run directory;
 rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
+`--reuse` takes finished runs from an earlier table's ablation.csv instead (its run directories may be
+gone): a line is reused where its row, seeds, genotype and settings fingerprint match.
 The runs go one after another in this process, or (executor="ray") as Ray tasks, all at once.
 
 Tables report, per row, mean ± std over seeds and the relative improvement over the random cells,
@@ -15,6 +17,7 @@ ICLR 2020), with the search telemetry at the end of the search.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -71,7 +74,8 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
                                 [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
                 configs[row.name, seed, "search"] = s
             for tr in ablate_trainings(acfg):
-                if tr.seeds is not None and seed >= tr.seeds:
+                n = tr.row_seeds.get(row.name, tr.seeds)
+                if n is not None and seed >= n:
                     continue
                 for t in range(acfg.train_seeds):
                     configs[row.name, seed, tr.name, t] = load_config(
@@ -128,6 +132,97 @@ def _check_data(configs: dict) -> None:
         if key not in seen:
             seen.add(key)
             check_files(*key)
+
+
+def fingerprint(cfg) -> str:
+    """A run's settings in 12 hex digits, blind to what a resume may change (as a finished run is checked)."""
+    d = to_dict(cfg)
+    skip = (*RESUME_MAY_CHANGE, *inert_keys(cfg))
+
+    def flat(x: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in x.items():
+            key = prefix + str(k)
+            if not any(key == m or key.startswith(m + ".") for m in skip):
+                out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    return hashlib.sha256(json.dumps(flat(d), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class _Ledger:
+    """Finished runs of earlier tables (--reuse): their ablation.csv lines by (row, seed, training seed).
+
+    A training is reused where its line has the training's results, the same genotype and (where the line
+    records one) the same settings fingerprint; a search only with all of its trainings, since its cell
+    may come out differently on another machine. Lines without a fingerprint (older tables) are matched
+    on row, seeds and genotype alone."""
+
+    def __init__(self, paths: list[Path]):
+        self.lines: dict[tuple, dict] = {}
+        for path in paths:
+            try:
+                with open(path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    missing = {"row", "seed", "train_seed", "genotype"} - set(reader.fieldnames or ())
+                    if missing:
+                        raise NGEError(f"--reuse {path}: not an ablation.csv (no {', '.join(sorted(missing))} column)")
+                    for line in reader:
+                        self._add(path, {k: _number(v) for k, v in line.items()})
+            except OSError as e:
+                raise NGEError(f"--reuse {path}: {e.strerror or e}") from None
+        self.unchecked: set[tuple] = set()  # lines matched without a fingerprint
+
+    def _add(self, path: Path, line: dict) -> None:
+        """Lines of one (row, seed, training seed) in several files are merged: each adds its columns."""
+        key = line["row"], line["seed"], line["train_seed"]
+        old = self.lines.setdefault(key, {})
+        for k, v in line.items():
+            if v is None:
+                continue
+            if old.get(k) is not None and old[k] != v:
+                raise NGEError(f"--reuse {path}: {key[0]}, seed {key[1]}, training seed {key[2]} has {k} = {v}, "
+                               f"another file {old[k]}; reuse one of them")
+            old[k] = v
+
+    def _line(self, row: str, seed: int, t: int, column: str, cfg) -> dict | None:
+        line = self.lines.get((row, seed, train_seed(seed, t)))
+        if line is None:
+            return None
+        saved = line.get(f"config[{column}]")
+        return line if saved is None or saved == fingerprint(cfg) else None
+
+    def training(self, row: str, seed: int, t: int, tp: str, cfg, genotype: Genotype) -> dict | None:
+        """The training's result as its summary.json gives it, or None."""
+        line = self._line(row, seed, t, tp, cfg)
+        if (line is None or line.get(f"test_acc[{tp}]") is None
+                or Genotype.from_dict(json.loads(line["genotype"])) != genotype):
+            return None
+        if line.get(f"config[{tp}]") is None:
+            self.unchecked.add((row, seed, train_seed(seed, t)))
+        keys = {"final_test_acc": "test_acc", "final_val_acc": "val_acc", "train_loss_sum": "tse",
+                "wall_seconds": "train_seconds", "cpu_seconds": "cpu_seconds", "params": "params"}
+        found = {k: line[f"{c}[{tp}]"] for k, c in keys.items() if line.get(f"{c}[{tp}]") is not None}
+        return {**found, "wall_seconds": found.get("wall_seconds"), "config": line.get(f"config[{tp}]")}
+
+    def search(self, row: str, seed: int, cfg) -> dict | None:
+        """A search's columns of its line (genotype, search accuracy, time, telemetry), or None."""
+        line = self._line(row, seed, 0, "search", cfg)
+        if line is None:
+            return None
+        found = {k: v for k, v in line.items() if k not in ("row", "seed", "train_seed") and not k.endswith("]")}
+        return {**found, "config[search]": line.get("config[search]")}
 
 
 def _run_or_resume(path: Path, run: Callable[..., dict], cfg=None, genotype_spec: str | None = None) -> dict:
@@ -291,29 +386,46 @@ class _Failed(NGEError):
                          "(fix the cause and run the same command with --resume)")
 
 
-def _submit(acfg: AblateConfig, configs: dict, out: Path, ex):
-    """Per (row, seed), in table order: its search (None if it searches nothing), its trainings by
-    (training, t)."""
+def _started(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / RunDir.CHECKPOINT).is_file()
+
+
+def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | None = None, log=print):
+    """Per (row, seed), in table order: its search (None if it searches nothing), the search columns of a
+    reused line (or None), its trainings by (training, t): a handle, or a reused result."""
     total = len(acfg.rows) * acfg.seeds
     for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
         sdir, search = base / "search", None
+        wanted = [(tr.name, t) for tr in ablate_trainings(acfg) for t in range(acfg.train_seeds)
+                  if (name, seed, tr.name, t) in configs]
+        tdirs = {(tp, t): base / (f"train-{tp}" + (f"-t{t}" if t else "")) for tp, t in wanted}
         if name == RANDOM_ROW:
             genotype_spec = f"random:{seed}"
         elif spec.genotype is not None:
             genotype_spec = spec.genotype
         else:
             cfg = configs[name, seed, "search"]
+            found = ledger.search(name, seed, cfg) if ledger and not _started(sdir) else None
+            if found is not None:
+                genotype = Genotype.from_dict(json.loads(found["genotype"]))
+                trains = {(tp, t): ledger.training(name, seed, t, tp, configs[name, seed, tp, t], genotype)
+                          for tp, t in wanted}
+                if all(v is not None for v in trains.values()):
+                    log(f"{what}: search and trainings reused from --reuse")
+                    yield name, seed, sdir, None, None, found, trains
+                    continue
             search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
         trains = {}
-        for tr in ablate_trainings(acfg):
-            for t in range(acfg.train_seeds):
-                if (name, seed, tr.name, t) not in configs:
+        for tp, t in wanted:
+            cfg, tdir, msg = configs[name, seed, tp, t], tdirs[tp, t], f"{what}: train ({tp}{f', t{t}' if t else ''})"
+            if search is None and ledger and not _started(tdir):
+                trains[tp, t] = ledger.training(name, seed, t, tp, cfg, resolve_genotype(genotype_spec))
+                if trains[tp, t] is not None:
+                    log(f"{msg}: reused from --reuse")
                     continue
-                cfg, tdir = configs[name, seed, tr.name, t], base / (f"train-{tr.name}" + (f"-t{t}" if t else ""))
-                trains[tr.name, t] = ex.submit(f"{what}: train ({tr.name}{f', t{t}' if t else ''})", tdir,
-                                               partial(run_train, cfg, genotype_spec, tdir), cfg, search, genotype_spec)
-        yield name, seed, sdir, genotype_spec, search, trains
+            trains[tp, t] = ex.submit(msg, tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search, genotype_spec)
+        yield name, seed, sdir, genotype_spec, search, None, trains
 
 
 def _keep_previous(run: RunDir, text: str, log) -> None:
@@ -329,8 +441,9 @@ def _keep_previous(run: RunDir, text: str, log) -> None:
 
 def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: bool = False, resume: bool = False,
                  log=print, executor: str = "sequential", address: str | None = None,
-                 threads_per_run: int | None = None) -> list[dict]:
+                 threads_per_run: int | None = None, reuse: list[Path] = ()) -> list[dict]:
     """executor="ray": every run a Ray task on the cluster at `address` (None: a new local instance).
+    `reuse`: earlier ablation.csv files whose finished runs are taken instead of running them (`_Ledger`).
     `threads_per_run`: every run's runtime.threads (and, with Ray, its CPUs); None: each preset's own,
     and under Ray 1 where a preset leaves it unset. With equal threads the executors give the same table."""
     single_process("nge ablate")
@@ -343,6 +456,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     if threads_per_run is not None and _sets_threads(overrides):
         raise NGEError("give --threads-per-run or runtime.threads, not both")
     configs = _configs(acfg, overrides, threads_per_run)
+    trainings = [tr.name for tr in ablate_trainings(acfg)]
+    ledger = _Ledger([Path(p) for p in reuse]) if reuse else None
     if executor == "sequential" or address is None:  # the runs read this machine's files
         _check_data(configs)  # before Ray starts, so a missing data set is one line and nothing else
     if executor == "ray":
@@ -354,38 +469,46 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     _keep_previous(run, to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n"
                    + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
-    trainings = [tr.name for tr in ablate_trainings(acfg)]
     twins = _thread_twins(acfg, configs)
     rows: list[dict] = []
     try:
-        plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex)
+        plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex, ledger, log)
         if ex.parallel:
             plan = list(plan)  # submit everything now; sequentially each row runs when the loop reaches it
-        for name, seed, sdir, genotype_spec, search_ref, trains in plan:
+        for name, seed, sdir, genotype_spec, search_ref, found, trains in plan:
             search = ex.get(search_ref)
-            genotype = resolve_genotype(genotype_spec) if search is None else Genotype.from_dict(search["genotype"])
             base = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
-            if search is not None:
+            if found is not None:
+                base.update(found)
+                genotype = Genotype.from_dict(json.loads(found["genotype"]))
+            elif search is not None:
                 base.update(search_val_acc=search["final_val_acc"], search_seconds=search["wall_seconds"],
-                            **_final_telemetry(sdir))
+                            **_final_telemetry(sdir), **{"config[search]": fingerprint(configs[name, seed, "search"])})
+                genotype = Genotype.from_dict(search["genotype"])
+            else:
+                genotype = resolve_genotype(genotype_spec)
             base.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
             for t in range(acfg.train_seeds):
                 row = {**base, "train_seed": train_seed(seed, t)}
                 for tr in trainings:
                     if (tr, t) not in trains:
                         continue
-                    train = ex.get(trains[tr, t])
+                    train = trains[tr, t] if isinstance(trains[tr, t], dict) else ex.get(trains[tr, t])
                     row[f"test_acc[{tr}]"] = train["final_test_acc"]
                     if "final_val_acc" in train:
                         row[f"val_acc[{tr}]"] = train["final_val_acc"]
                     if "train_loss_sum" in train:
                         row[f"tse[{tr}]"] = train["train_loss_sum"]
-                    row[f"train_seconds[{tr}]"] = train["wall_seconds"]
+                    row[f"train_seconds[{tr}]"] = train.get("wall_seconds")  # None: a reused line without it
                     if "cpu_seconds" in train:
                         row[f"cpu_seconds[{tr}]"] = train["cpu_seconds"]
-                    row[f"params[{tr}]"] = train["params"]
+                    row[f"params[{tr}]"] = train.get("params")
+                    row[f"config[{tr}]"] = train["config"] if "config" in train else fingerprint(configs[name, seed, tr, t])
                 rows.append(row)
             write_tables(rows, acfg, run, twins)
+        if ledger is not None and ledger.unchecked:
+            log(f"nge ablate: {len(ledger.unchecked)} reused line(s) record no settings fingerprint (an older table); "
+                "they were matched on row, seeds and genotype only")
     except KeyboardInterrupt:
         if not ex.parallel:
             raise
@@ -446,8 +569,10 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
         searched = spec.name != RANDOM_ROW and spec.genotype is None
         cells.append(_agreement_cell(mine) if searched or spec.name == RANDOM_ROW else "n/a")
         cells.append(f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a")
-        train_s = [sum(r.get(f"train_seconds[{tp}]", 0.0) for tp in tps) for r in mine]
-        cells += [f"{statistics.mean(train_s) / 60:.1f}", str(len({r['seed'] for r in mine}))]
+        # a reused line may not know a training's time (None); a training not run for a line has no key
+        train_s = [sum(r.get(f"train_seconds[{tp}]") or 0.0 for tp in tps) for r in mine
+                   if all(r.get(f"train_seconds[{tp}]", 0.0) is not None for tp in tps)]
+        cells += [f"{statistics.mean(train_s) / 60:.1f}" if train_s else "n/a", str(len({r['seed'] for r in mine}))]
         lines.append("| " + " | ".join(cells) + " |")
     presets = sorted({r.search_preset for r in acfg.rows if r.search_preset and r.name != RANDOM_ROW} - {acfg.search_preset})
     others = f" (rows may name another: {', '.join(presets)})" if presets else ""

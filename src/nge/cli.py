@@ -90,7 +90,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
     out = Path(args.out) if args.out else default_run_dir("ablate", preset_name(args.preset))
     run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
-                 address=args.address, threads_per_run=args.threads_per_run)
+                 address=args.address, threads_per_run=args.threads_per_run, reuse=args.reuse or [])
     print((out / "ablation.md").read_text(), end="")
     return 0
 
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
     a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
     a.add_argument("--resume", action="store_true", help="continue: skip finished runs, resume an interrupted one")
+    a.add_argument("--reuse", action="append", metavar="CSV",
+                   help="take finished runs from an earlier ablation.csv (its run folders may be gone) where row, "
+                        "seeds, genotype and settings match; repeatable")
     a.add_argument("--executor", choices=["sequential", "ray"], default="sequential",
                    help="sequential: one run after another in this process (default); ray: every run a Ray task")
     a.add_argument("--address", help="with --executor ray: the cluster to use, e.g. auto (default: a new local instance)")

@@ -577,6 +577,7 @@ class AblateTraining:
     preset: str = MISSING
     overrides: list[str] = field(default_factory=list)
     seeds: int | None = None  # train only the first N seeds of every row; None: all
+    row_seeds: dict[str, int] = field(default_factory=dict)  # rows that train another number of seeds than `seeds`
 
 
 def _table4_rows() -> list[AblateRow]:
@@ -679,6 +680,10 @@ def _validate_ablate(cfg: AblateConfig) -> None:
     _check(len(set(trainings)) == len(trainings) and all(n and "/" not in n for n in trainings),
            "trainings must have distinct, non-empty names without '/'")
     _check(all(t.seeds is None or t.seeds >= 1 for t in cfg.trainings), "a training's seeds must be >= 1")
+    for t in cfg.trainings:
+        for row, n in t.row_seeds.items():
+            _check(row in names, f"training '{t.name}': row_seeds names '{row}', which is not a row ({', '.join(names)})")
+            _check(1 <= n <= cfg.seeds, f"training '{t.name}': row_seeds of '{row}' must be in [1, seeds={cfg.seeds}], got {n}")
     _check(cfg.reference is None or cfg.reference in trainings,
            f"reference '{cfg.reference}' is not one of the trainings ({', '.join(trainings)})")
     for r in cfg.rows:
