@@ -211,3 +211,41 @@ def test_idx_reader_rejects_junk_with_a_message_naming_the_file(tmp_path_factory
         read_idx(path)
     except NGEError as e:
         assert "junk-idx" in str(e)
+
+
+def test_a_signal_after_the_last_step_finishes_the_run_and_stops_a_sequential_ablation(tmp_path, monkeypatch):
+    """SIGTERM during the last epoch's evaluation: the run finishes (nothing is left to checkpoint), and
+    the signal is kept for the caller; a sequential ablation then stops before its next run."""
+    import os
+
+    from nge import ablate
+    from nge.config import AblateRow
+    from nge.engine import late_stop
+
+    task = tiny_train("train.epochs=2")
+    real = task.end_epoch
+
+    def end_epoch(epoch, meters):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(epoch, meters)
+
+    task.end_epoch = end_epoch
+    assert len(fit(task, 2, RunDir.open(tmp_path / "run", False, False))) == 2
+    assert late_stop() == "SIGTERM" and late_stop() is None
+
+    ran = []
+
+    def fake_train(cfg, genotype, out, log=None, force=False, resume=False):
+        ran.append(out.parent.name)
+        t = tiny_train("train.epochs=1")
+        t.end_epoch = lambda epoch, meters, real=t.end_epoch: (os.kill(os.getpid(), signal.SIGTERM), real(epoch, meters))[1]
+        fit(t, 1, RunDir.open(out, force, resume))
+        return {"final_test_acc": 0.5, "wall_seconds": 1.0, "params": 1}
+
+    monkeypatch.setattr(ablate, "run_train", fake_train)
+    acfg = load_config(ablate.AblateConfig, "ablate", "smoke", [])
+    acfg.rows, acfg.seeds = [AblateRow("random")], 2
+    with pytest.raises(NGEError, match=r"stopped by SIGTERM after ablation \[1/2\] random, seed 0: train .*--resume"):
+        ablate.run_ablation(acfg, ["runtime.progress=false"], tmp_path / "abl", log=lambda *_: None)
+    assert ran == ["random-seed0"]  # seed 1 never started

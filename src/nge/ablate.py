@@ -46,7 +46,7 @@ from nge.config import (
     validate,
 )
 from nge.data import check_files
-from nge.engine import RunDir, atomic_write_text, single_process
+from nge.engine import RunDir, atomic_write_text, late_stop, single_process
 from nge.engine.rundir import check_resume_config
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
@@ -264,7 +264,12 @@ class _Sequential:
         self.log = log
 
     def submit(self, msg: str, path: Path, run: Callable[..., dict], cfg, after=None, genotype_spec=None) -> dict:
-        return _task(msg, path, run, self.log, after, cfg, genotype_spec)
+        late_stop()  # one from before this run is not this run's
+        result = _task(msg, path, run, self.log, after, cfg, genotype_spec)
+        if sig := late_stop():  # it came as the run finished: stop before the next
+            raise NGEError(f"stopped by {sig} after {msg}; the finished runs in {path.parent.parent} are kept, "
+                           "run the same command with --resume to continue")
+        return result
 
     def get(self, result: dict | None) -> dict | None:
         return result

@@ -18,6 +18,7 @@ from nge.engine.loop import (
     evaluate,
     fit,
     frozen,
+    late_stop,
     optimizer_step,
     progress,
 )
@@ -55,7 +56,7 @@ __all__ = [
     "Batches", "EpochTask", "Meter", "NonFinite", "Phase", "RunDir", "Zipped", "all_reduce_sum",
     "atomic_write_bytes", "atomic_write_text", "autocast", "check_resume", "check_resume_config",
     "check_same_everywhere", "cosine_lr", "data_parallel", "default_run_dir", "evaluate", "fit", "frozen",
-    "is_main", "join_process_group", "linear_lr", "load_checkpoint", "main_log", "optimizer_step", "poly_lr",
+    "is_main", "join_process_group", "late_stop", "linear_lr", "load_checkpoint", "main_log", "optimizer_step", "poly_lr",
     "process_note", "progress",
     "resolve_device", "rng_state", "save_checkpoint", "set_lr", "set_rng_state", "setup_runtime", "shutdown",
     "single_process", "to_device", "world",

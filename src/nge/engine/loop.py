@@ -234,9 +234,11 @@ class _StopSignals:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *_) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if exc_type is None and self.received in ("SIGINT", "SIGTERM"):
+            _late[:] = [self.received]  # it came after the last step: the run finished, the caller may stop
 
     def agreed(self, step: int, task: EpochTask) -> bool:
         """Whether to stop now. Under torchrun the processes agree every STOP_POLL_STEPS steps (a
@@ -247,6 +249,15 @@ class _StopSignals:
             if _any_process(self.received is not None, task):
                 self.received = self.received or "a signal to another process"
         return self.received is not None
+
+
+_late: list[str] = []
+
+
+def late_stop() -> str | None:
+    """The signal that reached the last run after its last step (so it finished instead of stopping), once;
+    a caller that starts further runs stops on it (nge ablate)."""
+    return _late.pop() if _late else None
 
 
 STOP_POLL_STEPS = 10  # under torchrun, how often the processes agree on a stop request (torchrun kills after 30 s)
