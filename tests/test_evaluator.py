@@ -287,6 +287,7 @@ def test_reuse_takes_finished_runs_from_an_earlier_table(tmp_path, capsys):
     # an older table (no fingerprints) is matched on row, seeds and genotype; a search whose training is
     # missing runs again with it; a line of another genotype is not taken
     lines = _csv(table)
+    lines[0]["train_seconds[a]"] = ""  # a time the older table did not keep
     lines[1]["test_acc[a]"] = ""
     lines[2]["genotype"] = json.dumps(random_genotype(5).to_dict())
     _write_csv(tmp_path / "old.csv", lines, drop=("config[",))
@@ -295,6 +296,14 @@ def test_reuse_takes_finished_runs_from_an_earlier_table(tmp_path, capsys):
     ran = sorted(p.relative_to(tmp_path / "four").as_posix() for p in (tmp_path / "four").glob("*/*/summary.json"))
     assert ran == ["d-seed0/train-a/summary.json", "nge-seed0/search/summary.json", "nge-seed0/train-a/summary.json"]
     assert any("1 reused line(s) record no settings fingerprint" in x for x in logs)
+    assert next(x for x in (tmp_path / "four" / "ablation.md").read_text().splitlines()
+                if x.startswith("| random |")).endswith("| n/a | 1 |")
+
+    # a run folder that is there wins over the table: the search is gone but its training is not
+    import shutil
+    shutil.rmtree(tmp_path / "one" / "nge-seed0" / "search")
+    run_ablation(acfg, QUIET, tmp_path / "one", resume=True, log=lambda *_: None, reuse=[table])
+    assert (tmp_path / "one" / "nge-seed0" / "search" / "summary.json").is_file()
 
     assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "five"), "--reuse", str(tmp_path / "nope.csv")]) == 2
     err = capsys.readouterr().err
@@ -321,3 +330,18 @@ def test_reused_tables_merge_their_columns_and_refuse_conflicts(tmp_path):
     (tmp_path / "d.csv").write_text("x,y\n1,2\n")
     with pytest.raises(NGEError, match="not an ablation.csv"):
         _Ledger([tmp_path / "d.csv"])
+    (tmp_path / "e.csv").write_text("row,seed,train_seed,genotype\nr,0,0\n")
+    with pytest.raises(NGEError, match="line 2 has fewer fields than the header"):
+        _Ledger([tmp_path / "e.csv"])
+
+    # names, genotypes and fingerprints stay text (a row named 007, a fingerprint of digits only)
+    from nge.ablate import fingerprint
+    line = {"row": "007", "seed": 0, "train_seed": 0, "genotype": g, "test_acc[a]": 0.5, "tse[a]": "nan",
+            "config[a]": "000000000012"}
+    _write_csv(tmp_path / "f.csv", [line])
+    ledger = _Ledger([tmp_path / "f.csv", tmp_path / "f.csv"])  # the same file twice: nan equals nan
+    assert ledger.lines["007", 0, 0]["config[a]"] == "000000000012"
+    assert ledger.training("007", 0, 0, "a", cfg, random_genotype(3)) is None  # another fingerprint
+    _write_csv(tmp_path / "f.csv", [{**line, "config[a]": fingerprint(cfg)}])
+    assert _Ledger([tmp_path / "f.csv"]).training("007", 0, 0, "a", cfg, random_genotype(3))["final_test_acc"] == 0.5
+    assert _Ledger([tmp_path / "f.csv"]).search("007", 0, cfg) is None  # a genotype row's line is no search

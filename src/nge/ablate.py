@@ -135,9 +135,10 @@ def _check_data(configs: dict) -> None:
 
 
 def fingerprint(cfg) -> str:
-    """A run's settings in 12 hex digits, blind to what a resume may change (as a finished run is checked)."""
+    """A run's settings in 12 hex digits, blind to what a resume may change (as a finished run is checked),
+    to the preset's name or path (its values count) and to where the data set lies (data.root)."""
     d = to_dict(cfg)
-    skip = (*RESUME_MAY_CHANGE, *inert_keys(cfg))
+    skip = (*RESUME_MAY_CHANGE, *inert_keys(cfg), "preset", "data.root")
 
     def flat(x: dict, prefix: str = "") -> dict:
         out = {}
@@ -150,9 +151,12 @@ def fingerprint(cfg) -> str:
     return hashlib.sha256(json.dumps(flat(d), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _number(text: str):
+def _value(column: str, text: str):
+    """A CSV cell as the table had it: None if empty; names, genotypes and fingerprints as text, else numbers."""
     if text == "":
         return None
+    if column in ("row", "genotype") or column.startswith("config["):
+        return text
     for kind in (int, float):
         try:
             return kind(text)
@@ -166,8 +170,8 @@ class _Ledger:
 
     A training is reused where its line has the training's results, the same genotype and (where the line
     records one) the same settings fingerprint; a search only with all of its trainings, since its cell
-    may come out differently on another machine. Lines without a fingerprint (older tables) are matched
-    on row, seeds and genotype alone."""
+    may come out differently on another machine. A line without the fingerprint (an older table) is
+    matched on row, seeds and (a training) genotype alone."""
 
     def __init__(self, paths: list[Path]):
         self.lines: dict[tuple, dict] = {}
@@ -179,10 +183,15 @@ class _Ledger:
                     if missing:
                         raise NGEError(f"--reuse {path}: not an ablation.csv (no {', '.join(sorted(missing))} column)")
                     for line in reader:
-                        self._add(path, {k: _number(v) for k, v in line.items()})
+                        if None in line or None in line.values():
+                            raise NGEError(f"--reuse {path}: line {reader.line_num} has {'more' if None in line else 'fewer'} "
+                                           "fields than the header")
+                        self._add(path, {k: _value(k, v) for k, v in line.items()})
             except OSError as e:
                 raise NGEError(f"--reuse {path}: {e.strerror or e}") from None
-        self.unchecked: set[tuple] = set()  # lines matched without a fingerprint
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise NGEError(f"--reuse {path}: not a readable CSV file ({e})") from None
+        self.unchecked: set[tuple] = set()  # reused lines that record no fingerprint for what was taken
 
     def _add(self, path: Path, line: dict) -> None:
         """Lines of one (row, seed, training seed) in several files are merged: each adds its columns."""
@@ -191,7 +200,7 @@ class _Ledger:
         for k, v in line.items():
             if v is None:
                 continue
-            if old.get(k) is not None and old[k] != v:
+            if old.get(k) is not None and old[k] != v and not (v != v and old[k] != old[k]):  # nan equals nan here
                 raise NGEError(f"--reuse {path}: {key[0]}, seed {key[1]}, training seed {key[2]} has {k} = {v}, "
                                f"another file {old[k]}; reuse one of them")
             old[k] = v
@@ -209,18 +218,17 @@ class _Ledger:
         if (line is None or line.get(f"test_acc[{tp}]") is None
                 or Genotype.from_dict(json.loads(line["genotype"])) != genotype):
             return None
-        if line.get(f"config[{tp}]") is None:
-            self.unchecked.add((row, seed, train_seed(seed, t)))
         keys = {"final_test_acc": "test_acc", "final_val_acc": "val_acc", "train_loss_sum": "tse",
                 "wall_seconds": "train_seconds", "cpu_seconds": "cpu_seconds", "params": "params"}
         found = {k: line[f"{c}[{tp}]"] for k, c in keys.items() if line.get(f"{c}[{tp}]") is not None}
         return {**found, "wall_seconds": found.get("wall_seconds"), "config": line.get(f"config[{tp}]")}
 
     def search(self, row: str, seed: int, cfg) -> dict | None:
-        """A search's columns of its line (genotype, search accuracy, time, telemetry), or None."""
+        """A search's columns of its line (genotype, search accuracy, time, telemetry), or None. A line
+        without a search fingerprint (an older table) is matched on row and seed only."""
         line = self._line(row, seed, 0, "search", cfg)
-        if line is None:
-            return None
+        if line is None or line.get("search_val_acc") is None or line.get("search_seconds") is None:
+            return None  # not a search's line (a genotype row's, or a table without the search's columns)
         found = {k: v for k, v in line.items() if k not in ("row", "seed", "train_seed") and not k.endswith("]")}
         return {**found, "config[search]": line.get("config[search]")}
 
@@ -411,13 +419,16 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
             genotype_spec = spec.genotype
         else:
             cfg = configs[name, seed, "search"]
-            found = ledger.search(name, seed, cfg) if ledger and not _started(sdir) else None
+            started = _started(sdir) or any(_started(d) for d in tdirs.values())
+            found = ledger.search(name, seed, cfg) if ledger and not started else None
             if found is not None:
                 genotype = Genotype.from_dict(json.loads(found["genotype"]))
                 trains = {(tp, t): ledger.training(name, seed, t, tp, configs[name, seed, tp, t], genotype)
                           for tp, t in wanted}
                 if all(v is not None for v in trains.values()):
                     log(f"{what}: search and trainings reused from --reuse")
+                    ledger.unchecked.update((name, seed, train_seed(seed, t)) for (tp, t), v in trains.items()
+                                            if v["config"] is None or found["config[search]"] is None)
                     yield name, seed, sdir, None, None, found, trains
                     continue
             search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
@@ -428,6 +439,8 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
                 trains[tp, t] = ledger.training(name, seed, t, tp, cfg, resolve_genotype(genotype_spec))
                 if trains[tp, t] is not None:
                     log(f"{msg}: reused from --reuse")
+                    if trains[tp, t]["config"] is None:
+                        ledger.unchecked.add((name, seed, train_seed(seed, t)))
                     continue
             trains[tp, t] = ex.submit(msg, tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search, genotype_spec)
         yield name, seed, sdir, genotype_spec, search, None, trains
@@ -513,7 +526,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             write_tables(rows, acfg, run, twins)
         if ledger is not None and ledger.unchecked:
             log(f"nge ablate: {len(ledger.unchecked)} reused line(s) record no settings fingerprint (an older table); "
-                "they were matched on row, seeds and genotype only")
+                "they were matched on row and seeds (and a training on its genotype) only")
     except KeyboardInterrupt:
         if not ex.parallel:
             raise
@@ -574,10 +587,10 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
         searched = spec.name != RANDOM_ROW and spec.genotype is None
         cells.append(_agreement_cell(mine) if searched or spec.name == RANDOM_ROW else "n/a")
         cells.append(f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a")
-        # a reused line may not know a training's time (None); a training not run for a line has no key
-        train_s = [sum(r.get(f"train_seconds[{tp}]") or 0.0 for tp in tps) for r in mine
-                   if all(r.get(f"train_seconds[{tp}]", 0.0) is not None for tp in tps)]
-        cells += [f"{statistics.mean(train_s) / 60:.1f}" if train_s else "n/a", str(len({r['seed'] for r in mine}))]
+        # a reused line may not know a training's time (None: n/a); a training not run for a line has no key
+        train_s = [sum(r.get(f"train_seconds[{tp}]") or 0.0 for tp in tps) for r in mine]
+        known = all(r.get(f"train_seconds[{tp}]", 0.0) is not None for r in mine for tp in tps)
+        cells += [f"{statistics.mean(train_s) / 60:.1f}" if known else "n/a", str(len({r['seed'] for r in mine}))]
         lines.append("| " + " | ".join(cells) + " |")
     presets = sorted({r.search_preset for r in acfg.rows if r.search_preset and r.name != RANDOM_ROW} - {acfg.search_preset})
     others = f" (rows may name another: {', '.join(presets)})" if presets else ""
