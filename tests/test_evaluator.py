@@ -345,3 +345,22 @@ def test_reused_tables_merge_their_columns_and_refuse_conflicts(tmp_path):
     _write_csv(tmp_path / "f.csv", [{**line, "config[a]": fingerprint(cfg)}])
     assert _Ledger([tmp_path / "f.csv"]).training("007", 0, 0, "a", cfg, random_genotype(3))["final_test_acc"] == 0.5
     assert _Ledger([tmp_path / "f.csv"]).search("007", 0, cfg) is None  # a genotype row's line is no search
+
+
+def test_correlation_over_the_random_cells_leaves_named_cells_out():
+    from nge.ablate import evaluator_tables
+
+    names = ["d", *(f"r{k}" for k in range(5))]
+    acfg = _acfg(rows=[{"name": "d", "genotype": "DARTS_V2"}, *({"name": f"r{k}", "genotype": f"random:{k}"} for k in range(5))],
+                 trainings=[{"name": "a", "preset": "smoke"}, {"name": "b", "preset": "smoke"}], reference="b")
+    rng = random.Random(0)
+    ref = {"d": 0.99, "r0": 0.5, "r1": 0.6, "r2": 0.55, "r3": 0.7, "r4": 0.65}  # d: far above every random cell
+    rows = [{"row": n, "seed": s, "val_acc[a]": ref[n] + rng.gauss(0, 0.1), "test_acc[a]": 0.5, "tse[a]": 1.0 + s,
+             "val_acc[b]": ref[n] + 0.01 * s, "test_acc[b]": 0.5} for n in names for s in (0, 1)]
+    line = [x for x in evaluator_tables(rows, acfg).splitlines() if x.startswith("| a | val acc | 6 |")][-1]  # [0]: ICC
+    mean = {n: statistics.mean(100 * r["val_acc[a]"] for r in rows if r["row"] == n) for n in names}
+    drawn = names[1:]
+    want = spearman([mean[n] for n in drawn], [ref[n] + 0.005 for n in drawn])
+    assert line.split(" | ")[-2] == "5" and line.split(" | ")[-1].startswith(f"{want:.2f} [") and want != 1.0
+    everything = spearman([mean[n] for n in names], [ref[n] + 0.005 for n in names])
+    assert f"| {everything:.2f} [" in line

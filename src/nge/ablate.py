@@ -680,21 +680,24 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
             "the training losses over the epochs, negated so that higher is better.", ""]
     if acfg.reference:
         ref_key, ref_what = _metric(acfg.reference, rows)
+        drawn = {r.name for r in acfg.rows if r.name == RANDOM_ROW or (r.genotype or "").startswith("random:")}
         out += [f"Rank correlation of each evaluator's cell means with the reference `{acfg.reference}`, 90% bootstrap "
                 "over cells; corrected: divided by the square root of both reliabilities of a cell mean "
-                "(Spearman-Brown of the ICC), the correlation the evaluators' noise leaves room for.", "",
-                "| Evaluator | Score | Cells | Spearman [90% CI] | Kendall [90% CI] | Spearman, noise-corrected |",
-                "|---|---|---|---|---|---|"]
+                "(Spearman-Brown of the ICC), the correlation the evaluators' noise leaves room for; random cells: "
+                "over the uniformly drawn cells alone (named and searched cells left out), the cells an evaluator must "
+                "rank for a search to be judged against them.", "",
+                "| Evaluator | Score | Cells | Spearman [90% CI] | Kendall [90% CI] | Spearman, noise-corrected "
+                "| Random cells | Spearman, random cells [90% CI] |", "|---|---|---|---|---|---|---|---|"]
         for tp in tps:
             if tp == acfg.reference:
                 continue
             for key, what, scale in _scores(tp, rows):
                 pairs = []
-                for v in cells.values():
+                for cell, v in cells.items():
                     a = [scale * r[key] for r in v if r.get(key) is not None]
                     b = [r[ref_key] for r in v if r.get(ref_key) is not None]
                     if a and b:
-                        pairs.append((statistics.mean(a), statistics.mean(b), len(a), len(b)))
+                        pairs.append((statistics.mean(a), statistics.mean(b), len(a), len(b), cell[0] in drawn))
                 if len(pairs) < 4:
                     continue
                 xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -704,8 +707,14 @@ def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
                 rel_a = _reliability(icc_of.get((tp, what)), statistics.mean(p[2] for p in pairs))
                 rel_b = _reliability(icc_of.get((acfg.reference, ref_what)), statistics.mean(p[3] for p in pairs))
                 corr = f"{rho / math.sqrt(rel_a * rel_b):.2f}" if rel_a and rel_b else "n/a"
+                rx, ry = [p[0] for p in pairs if p[4]], [p[1] for p in pairs if p[4]]
+                if len(rx) >= 4:
+                    lo, hi = bootstrap_pairs(rx, ry, spearman)
+                    among = f"{spearman(rx, ry):.2f} [{lo:.2f}, {hi:.2f}]"
+                else:
+                    among = "n/a"
                 out.append(f"| {tp} | {what} | {len(pairs)} | {rho:.2f} [{rlo:.2f}, {rhi:.2f}] | "
-                           f"{tau:.2f} [{klo:.2f}, {khi:.2f}] | {corr} |")
+                           f"{tau:.2f} [{klo:.2f}, {khi:.2f}] | {corr} | {len(rx)} | {among} |")
         out.append("")
     return "\n".join(out) + "\n"
 
