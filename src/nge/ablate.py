@@ -47,7 +47,7 @@ from nge.config import (
 )
 from nge.data import check_files
 from nge.engine import RunDir, atomic_write_text, late_stop, single_process
-from nge.engine.rundir import check_resume_config
+from nge.engine.rundir import check_resume_config, resume_checked
 from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.searching import run_search
@@ -137,18 +137,8 @@ def _check_data(configs: dict) -> None:
 def fingerprint(cfg) -> str:
     """A run's settings in 12 hex digits, blind to what a resume may change (as a finished run is checked),
     to the preset's name or path (its values count) and to where the data set lies (data.root)."""
-    d = to_dict(cfg)
-    skip = (*RESUME_MAY_CHANGE, *inert_keys(cfg), "preset", "data.root")
-
-    def flat(x: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in x.items():
-            key = prefix + str(k)
-            if not any(key == m or key.startswith(m + ".") for m in skip):
-                out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-
-    return hashlib.sha256(json.dumps(flat(d), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    checked = resume_checked(to_dict(cfg), (*RESUME_MAY_CHANGE, *inert_keys(cfg), "preset", "data.root"))
+    return hashlib.sha256(json.dumps(checked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _value(column: str, text: str):

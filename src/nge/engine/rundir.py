@@ -138,8 +138,8 @@ def check_resume(path: Path, current: dict, may_differ: tuple[str, ...]) -> int:
     return int(ckpt["epoch"])
 
 
-def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...]) -> None:
-    """A run resumes only with the configuration it started with (`may_differ` keys excepted)."""
+def resume_checked(config: dict, may_differ: tuple[str, ...]) -> dict:
+    """A configuration as dotted keys, without the `may_differ` keys and sections: what a resume compares."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
@@ -147,9 +147,13 @@ def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...])
             out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
         return out
 
-    a, b = flat(saved), flat(current)
-    differ = sorted(k for k in set(a) | set(b)
-                    if a.get(k) != b.get(k) and not any(k == m or k.startswith(m + ".") for m in may_differ))
+    return {k: v for k, v in flat(config).items() if not any(k == m or k.startswith(m + ".") for m in may_differ)}
+
+
+def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...]) -> None:
+    """A run resumes only with the configuration it started with (`may_differ` keys excepted)."""
+    a, b = resume_checked(saved, may_differ), resume_checked(current, may_differ)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     foreign = [k for k in differ if k not in a or k not in b]
     if foreign:
         raise NGEError(f"cannot resume: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
