@@ -39,7 +39,7 @@ def test_cpu_smoke_runs_every_step_and_writes_json_and_a_table(tmp_path):
     assert [r["what"] for r in result["bench"]] == ["supernet", "arch-step", "eval"]
     assert all(r["images_per_s"] > 0 and r["device"] == "cpu" for r in result["bench"])
     s = result["search_epoch"]
-    assert s["estimate_25_epochs_min"] == pytest.approx(s["epoch_s"] * 25 / 60, abs=0.05)
+    assert s["estimate_25_epochs_min"] == round(s["epoch_s"] * 25 / 60, 1)  # 0.75 rounds to 0.8, not within 0.05
     table = (out / "gpu_check.md").read_text()
     e = result["steps_estimate"]
     ips = {r["what"]: r["images_per_s"] for r in result["bench"]}
