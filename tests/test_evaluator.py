@@ -285,7 +285,7 @@ def test_reuse_takes_finished_runs_from_an_earlier_table(tmp_path, capsys):
     assert (tmp_path / "three" / "d-seed0" / "train-a" / "summary.json").is_file()
 
     # an older table (no fingerprints) is matched on row, seeds and genotype; a search whose training is
-    # missing runs again with it; a line of another genotype is not taken
+    # missing keeps its cell and only the training runs; a line of another genotype is not taken
     lines = _csv(table)
     lines[0]["train_seconds[a]"] = ""  # a time the older table did not keep
     lines[1]["test_acc[a]"] = ""
@@ -294,8 +294,16 @@ def test_reuse_takes_finished_runs_from_an_earlier_table(tmp_path, capsys):
     logs = []
     run_ablation(acfg, QUIET, tmp_path / "four", log=logs.append, reuse=[tmp_path / "old.csv"])
     ran = sorted(p.relative_to(tmp_path / "four").as_posix() for p in (tmp_path / "four").glob("*/*/summary.json"))
-    assert ran == ["d-seed0/train-a/summary.json", "nge-seed0/search/summary.json", "nge-seed0/train-a/summary.json"]
-    assert any("1 reused line(s) record no settings fingerprint" in x for x in logs)
+    assert ran == ["d-seed0/train-a/summary.json", "nge-seed0/train-a/summary.json"]
+    assert any("2 reused result(s) record no settings fingerprint" in x for x in logs)
+    four = _csv(tmp_path / "four" / "ablation.csv")
+    assert four[1]["genotype"] == lines[1]["genotype"] and four[1]["search_seconds"] == lines[1]["search_seconds"]
+    trained = json.loads((tmp_path / "four" / "nge-seed0" / "train-a" / "summary.json").read_text())
+    assert Genotype.from_dict(trained["genotype"]) == Genotype.from_dict(json.loads(lines[1]["genotype"]))
+    with pytest.raises(NGEError, match="its search came from --reuse"):  # its cell is in no run directory
+        run_ablation(acfg, QUIET, tmp_path / "four", resume=True, log=lambda *_: None)
+    again = run_ablation(acfg, QUIET, tmp_path / "four", resume=True, log=lambda *_: None, reuse=[tmp_path / "old.csv"])
+    assert _csv(tmp_path / "four" / "ablation.csv") == four and not (tmp_path / "four" / "nge-seed0" / "search").exists()
     assert next(x for x in (tmp_path / "four" / "ablation.md").read_text().splitlines()
                 if x.startswith("| random |")).endswith("| n/a | 1 |")
 

@@ -159,9 +159,10 @@ class _Ledger:
     """Finished runs of earlier tables (--reuse): their ablation.csv lines by (row, seed, training seed).
 
     A training is reused where its line has the training's results, the same genotype and (where the line
-    records one) the same settings fingerprint; a search only with all of its trainings, since its cell
-    may come out differently on another machine. A line without the fingerprint (an older table) is
-    matched on row, seeds and (a training) genotype alone."""
+    records one) the same settings fingerprint. A search is reused with its cell, never rerun beside its
+    reused trainings (its cell may come out differently on another machine); the trainings the tables
+    lack run on that cell. A line without the fingerprint (an older table) is matched on row, seeds and
+    (a training) genotype alone."""
 
     def __init__(self, paths: list[Path]):
         self.lines: dict[tuple, dict] = {}
@@ -389,6 +390,9 @@ class _Failed(NGEError):
                          "(fix the cause and run the same command with --resume)")
 
 
+REUSED_CELL = "reused-search-genotype.json"  # a row's searched cell taken from --reuse
+
+
 def _started(path: Path) -> bool:
     return (path / "summary.json").is_file() or (path / RunDir.CHECKPOINT).is_file()
 
@@ -399,7 +403,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
     total = len(acfg.rows) * acfg.seeds
     for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
-        sdir, search = base / "search", None
+        sdir, search, found = base / "search", None, None
         wanted = [(tr.name, t) for tr in ablate_trainings(acfg) for t in range(acfg.train_seeds)
                   if (name, seed, tr.name, t) in configs]
         tdirs = {(tp, t): base / (f"train-{tp}" + (f"-t{t}" if t else "")) for tp, t in wanted}
@@ -408,20 +412,34 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
         elif spec.genotype is not None:
             genotype_spec = spec.genotype
         else:
-            cfg = configs[name, seed, "search"]
-            started = _started(sdir) or any(_started(d) for d in tdirs.values())
+            cfg, reused_cell = configs[name, seed, "search"], base / REUSED_CELL
+            started = _started(sdir) or (not reused_cell.is_file() and any(_started(d) for d in tdirs.values()))
             found = ledger.search(name, seed, cfg) if ledger and not started else None
             if found is not None:
                 genotype = Genotype.from_dict(json.loads(found["genotype"]))
                 trains = {(tp, t): ledger.training(name, seed, t, tp, configs[name, seed, tp, t], genotype)
                           for tp, t in wanted}
+                if found["config[search]"] is None:
+                    ledger.unchecked.add((name, seed, None))
                 if all(v is not None for v in trains.values()):
                     log(f"{what}: search and trainings reused from --reuse")
                     ledger.unchecked.update((name, seed, train_seed(seed, t)) for (tp, t), v in trains.items()
-                                            if v["config"] is None or found["config[search]"] is None)
+                                            if v["config"] is None)
                     yield name, seed, sdir, None, None, found, trains
                     continue
-            search, genotype_spec = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg), str(sdir)
+                if reused_cell.is_file() and Genotype.load(reused_cell) != genotype:
+                    raise NGEError(f"{reused_cell} holds another cell than --reuse gives for {name}, seed {seed}; "
+                                   "reuse the table it came from, or start without --resume")
+                base.mkdir(parents=True, exist_ok=True)
+                reused_cell.write_text(json.dumps(genotype.to_dict()) + "\n")
+                log(f"{what}: search reused from --reuse; its other trainings run on its cell")
+                genotype_spec = str(reused_cell)
+            elif reused_cell.is_file() and not _started(sdir):
+                raise NGEError(f"{name}, seed {seed}: its search came from --reuse ({reused_cell}); resume with "
+                               "the same --reuse, or start without --resume")
+            else:
+                search = ex.submit(f"{what}: search", sdir, partial(run_search, cfg, sdir), cfg)
+                genotype_spec = str(sdir)
         trains = {}
         for tp, t in wanted:
             cfg, tdir, msg = configs[name, seed, tp, t], tdirs[tp, t], f"{what}: train ({tp}{f', t{t}' if t else ''})"
@@ -433,7 +451,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
                         ledger.unchecked.add((name, seed, train_seed(seed, t)))
                     continue
             trains[tp, t] = ex.submit(msg, tdir, partial(run_train, cfg, genotype_spec, tdir), cfg, search, genotype_spec)
-        yield name, seed, sdir, genotype_spec, search, None, trains
+        yield name, seed, sdir, genotype_spec, search, found, trains
 
 
 def _keep_previous(run: RunDir, text: str, log) -> None:
@@ -476,6 +494,10 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
     _keep_previous(run, to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n"
                    + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
+    for cell in sorted(out.glob(f"*/{REUSED_CELL}")) if ledger is None else ():
+        if not _started(cell.parent / "search"):  # before anything runs
+            raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
+                           "or start without --resume")
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
     twins = _thread_twins(acfg, configs)
     rows: list[dict] = []
@@ -515,7 +537,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                 rows.append(row)
             write_tables(rows, acfg, run, twins)
         if ledger is not None and ledger.unchecked:
-            log(f"nge ablate: {len(ledger.unchecked)} reused line(s) record no settings fingerprint (an older table); "
+            log(f"nge ablate: {len(ledger.unchecked)} reused result(s) record no settings fingerprint (an older table); "
                 "they were matched on row and seeds (and a training on its genotype) only")
     except KeyboardInterrupt:
         if not ex.parallel:
