@@ -3,13 +3,14 @@ import json
 import shutil
 import signal
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
 
-from nge.ablate import run_ablation
+from nge.ablate import _Ray, run_ablation
 from nge.arch import ARCH_PARAMS
 from nge.cli import main
 from nge.config import AblateConfig
@@ -120,6 +121,27 @@ def test_missing_data_stops_the_comparison_before_any_run_and_before_ray(tmp_pat
     assert main(["ablate", "--preset", "smoke", "--out", str(out), "--executor", "ray", "--address", "auto",
                  "data.name=fashion_mnist", "data.root=/nonexistent"]) == 2
     assert capsys.readouterr().err == 'nge: error: --executor ray needs Ray: pip install "nge[ray]"\n'
+
+
+def test_ray_queue_starts_runs_in_order_as_the_cluster_s_cpus_and_gpus_hold_them():
+    ray = object.__new__(_Ray)
+    run = lambda threads, device="cpu": (None, None, None, SimpleNamespace(runtime=SimpleNamespace(  # noqa: E731
+        threads=threads, device=device)), None, None)
+    ray.gpus, ray.capacity, ray.running = False, (2, 0), {}
+    ray.specs = {0: run(1), 1: run(1), 2: run(2), 3: run(1)}
+    assert ray._fits(0)
+    ray.running = {"ref0": 0}
+    assert ray._fits(1) and not ray._fits(2)  # 1 + 1 CPUs fit in 2; 1 + 2 do not
+    ray.running = {"ref0": 0, "ref1": 1}
+    assert not ray._fits(3)
+    ray.running = {}
+    assert ray._fits(2)
+    ray.specs[4] = run(4)
+    assert ray._fits(4)  # alone it starts (the cluster was checked for the most threads at the start)
+    ray.gpus, ray.capacity = True, (16, 2)  # GPU runs: one GPU each
+    ray.specs.update({5: run(1, "cuda"), 6: run(1, "cuda"), 7: run(1, "cuda"), 8: run(1)})
+    ray.running = {"ref5": 5, "ref6": 6}
+    assert not ray._fits(7) and ray._fits(8)  # a third GPU run waits; a CPU run (runtime.device=cpu) does not
 
 
 def _csv_without_times(path):

@@ -13,7 +13,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from nge.ablate import run_ablation
+from nge.ablate import _configs, run_ablation
 from nge.cli import main
 from nge.config import AblateConfig
 from nge.data.sets import ImageSet
@@ -162,6 +162,18 @@ def test_genotype_rows_named_trainings_and_evaluator_tables(tmp_path):
     groups = [[100 * r["val_acc[a]"] for r in rows if r["row"] == n] for n in ("darts-v2", "r3", "r4")]
     assert f"| {icc(groups).icc:.2f} [" in line
     assert "reference `b`" in table  # b has one seed: the correlation table has too few cells (3 < 4)
+
+
+def test_first_seed_gives_fresh_seeds_and_their_trainings():
+    acfg = _acfg(first_seed=3, seeds=2, train_seeds=2, rows=[{"name": "random"}, {"name": "nge"}])
+    configs = _configs(acfg, QUIET, None)
+    assert sorted(k[1] for k in configs if k[0] == "nge" and k[2] == "search") == [3, 4]
+    assert configs["nge", 4, "search"].runtime.seed == 4
+    assert configs["random", 4, "a", 1].runtime.seed == 1004
+    assert {k[1] for k in configs if k[2] == "b"} == {3}  # b's `seeds: 1`: the first seed of every row
+    for first, seeds in ((-1, 2), (999, 2)):  # a seed of 1000 would repeat seed 0's second training seed
+        with pytest.raises(NGEError, match="first_seed must be >= 0 and first_seed \\+ seeds <= 1000"):
+            _configs(_acfg(first_seed=first, seeds=seeds), QUIET, None)
 
 
 @pytest.mark.slow

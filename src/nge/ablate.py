@@ -41,6 +41,7 @@ from nge.config import (
     ablate_trainings,
     inert_keys,
     load_config,
+    seed_range,
     to_dict,
     to_yaml,
     validate,
@@ -68,19 +69,19 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
     validate(acfg)
     configs = {}
     for row in acfg.rows:
-        for seed in range(acfg.seeds):
+        for seed in seed_range(acfg):
             if row.name != RANDOM_ROW and row.genotype is None:
                 s = load_config(SearchRunConfig, "search", row.search_preset or acfg.search_preset,
                                 [*acfg.search_overrides, *overrides, *row.search, f"runtime.seed={seed}"])
                 configs[row.name, seed, "search"] = s
             for tr in ablate_trainings(acfg):
                 n = tr.row_seeds.get(row.name, tr.seeds)
-                if n is not None and seed >= n:
+                if n is not None and seed - acfg.first_seed >= n:
                     continue
                 for t in range(acfg.train_seeds):
                     configs[row.name, seed, tr.name, t] = load_config(
                         TrainRunConfig, "train", tr.preset, [*tr.overrides, *overrides, f"runtime.seed={train_seed(seed, t)}"])
-    own = {(r.name, seed, "search") for r in acfg.rows for seed in range(acfg.seeds) if _sets_threads(r.search)}
+    own = {(r.name, seed, "search") for r in acfg.rows for seed in seed_range(acfg) if _sets_threads(r.search)}
     if threads is not None:
         for key, cfg in configs.items():
             if key not in own:  # a row's own runtime.threads (a numerical perturbation) is kept
@@ -99,10 +100,10 @@ def _thread_twins(acfg: AblateConfig, configs: dict) -> list[tuple[str, str]]:
         d = to_dict(cfg)
         return {**d, "runtime": {k: v for k, v in d["runtime"].items() if k != "threads"}, "preset": None}
 
-    searched = [r.name for r in acfg.rows if (r.name, 0, "search") in configs]
+    searched = [r.name for r in acfg.rows if (r.name, acfg.first_seed, "search") in configs]
     twins = []
     for a, b in itertools.combinations(searched, 2):
-        pairs = [(configs[a, s, "search"], configs[b, s, "search"]) for s in range(acfg.seeds)]
+        pairs = [(configs[a, s, "search"], configs[b, s, "search"]) for s in seed_range(acfg)]
         if all(x.runtime.threads != y.runtime.threads and without_threads(x) == without_threads(y) for x, y in pairs):
             twins.append((a, b))
     return twins
@@ -311,7 +312,7 @@ class _Ray:
         if resources.get("CPU", 0) < threads:
             self.close()
             raise NGEError(f"--threads-per-run {threads} but the Ray cluster has {resources.get('CPU', 0):g} CPUs")
-        self.slots = max(1, int(resources.get("CPU", 0) // threads), int(resources.get("GPU", 0)))
+        self.capacity = resources.get("CPU", 0), resources.get("GPU", 0)
         self.task = self.ray.remote(_task)
         self.queue: list[int] = []  # handles not started yet, in table order
         self.specs: dict[int, tuple] = {}  # handle -> (msg, path, run, cfg, after handle, genotype spec)
@@ -327,12 +328,23 @@ class _Ray:
         self._start()
         return handle
 
+    def _needs(self, handle: int) -> tuple[int, int]:
+        """The CPUs (its torch threads) and GPUs a run's task holds."""
+        cfg = self.specs[handle][3]
+        return cfg.runtime.threads, int(self.gpus and cfg.runtime.device != "cpu")
+
+    def _fits(self, handle: int) -> bool:
+        """In table order, as many runs at once as the cluster's CPUs and GPUs hold (runs of several threads
+        beside runs of one)."""
+        held = [self._needs(h) for h in self.running.values()] + [self._needs(handle)]
+        return len(held) == 1 or all(sum(n[i] for n in held) <= self.capacity[i] for i in (0, 1))
+
     def _start(self) -> None:
-        while self.queue and len(self.running) < self.slots and not self.failures:
+        while self.queue and self._fits(self.queue[0]) and not self.failures:
             handle = self.queue.pop(0)
             msg, path, run, cfg, after, genotype_spec = self.specs[handle]
-            gpu = int(self.gpus and cfg.runtime.device != "cpu")
-            ref = self.task.options(num_cpus=cfg.runtime.threads, num_gpus=gpu).remote(
+            (threads, gpu) = self._needs(handle)
+            ref = self.task.options(num_cpus=threads, num_gpus=gpu).remote(
                 msg, path, run, None, None if after is None else self.refs[after], cfg, genotype_spec)
             self.refs[handle] = ref
             self.running[ref] = handle
@@ -401,7 +413,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
     """Per (row, seed), in table order: its search (None if it searches nothing), the search columns of a
     reused line (or None), its trainings by (training, t): a handle, or a reused result."""
     total = len(acfg.rows) * acfg.seeds
-    for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in range(acfg.seeds)), 1):
+    for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in seed_range(acfg)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
         sdir, search, found = base / "search", None, None
         wanted = [(tr.name, t) for tr in ablate_trainings(acfg) for t in range(acfg.train_seeds)
@@ -629,7 +641,7 @@ def _twin_table(rows: list[dict], acfg: AblateConfig, twins: list[tuple[str, str
     labels = {r.name: r.label or r.name for r in acfg.rows}
     for a, b in twins:
         cell = {(r["row"], r["seed"]): Genotype.from_dict(json.loads(r["genotype"])) for r in rows if r["row"] in (a, b)}
-        shared = [agreement(cell[a, s], cell[b, s]) for s in range(acfg.seeds) if (a, s) in cell and (b, s) in cell]
+        shared = [agreement(cell[a, s], cell[b, s]) for s in seed_range(acfg) if (a, s) in cell and (b, s) in cell]
         if shared:
             out.append(f"| {labels[a]} | {labels[b]} | {len(shared)} | {100 * statistics.mean(shared):.1f}% | "
                        f"{sum(x == 1.0 for x in shared)} |")

@@ -86,7 +86,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from nge.config import AblateConfig, load_config, preset_name
     from nge.engine import default_run_dir
 
-    extra = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    extra = [f"{k}={v}" for k, v in (("seeds", args.seeds), ("first_seed", args.first_seed)) if v is not None]
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
     out = Path(args.out) if args.out else default_run_dir("ablate", preset_name(args.preset))
     run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="the paper's Table 4: search and train with every parameterisation")
     a.add_argument("--preset", default="quick", help="ablation preset: a name or a FILE.yaml (default: quick)")
     a.add_argument("--seeds", type=int, help="seeds per parameterisation (default: the preset's)")
+    a.add_argument("--first-seed", type=int, help="the first seed (default: the preset's, else 0); fresh seeds "
+                   "confirm what a screening on other seeds chose")
     a.add_argument("--out", help="ablation directory (default: runs/ablate-PRESET-TIME)")
     a.add_argument("--force", action="store_true", help="replace an existing ablation directory")
     a.add_argument("--resume", action="store_true", help="continue: skip finished runs, resume an interrupted one")

@@ -592,6 +592,7 @@ class AblateConfig:
     preset: str = MISSING
     rows: list[AblateRow] = field(default_factory=_table4_rows)
     seeds: int = 1
+    first_seed: int = 0  # the seeds are first_seed .. first_seed + seeds - 1 (fresh seeds for a confirmation)
     search_preset: str = "quick"
     search_overrides: list[str] = field(default_factory=list)
     train_presets: list[str] = field(default_factory=lambda: ["quick"])
@@ -601,6 +602,10 @@ class AblateConfig:
     # Trainings of every cell: the t-th has runtime.seed = seed + 1000 t (t = 0: the search's own seed).
     train_seeds: int = 1
     reference: str | None = None  # the training every other one is correlated with (a trainings name)
+
+
+def seed_range(cfg: AblateConfig) -> range:
+    return range(cfg.first_seed, cfg.first_seed + cfg.seeds)
 
 
 def ablate_trainings(cfg: AblateConfig) -> list[AblateTraining]:
@@ -670,6 +675,8 @@ def _validate_segment(cfg: SegmentRunConfig) -> None:
 
 def _validate_ablate(cfg: AblateConfig) -> None:
     _check(cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}")
+    _check(cfg.first_seed >= 0 and cfg.first_seed + cfg.seeds <= 1000,  # train seeds are seed + 1000 t
+           f"first_seed must be >= 0 and first_seed + seeds <= 1000, got {cfg.first_seed} + {cfg.seeds}")
     names = [r.name for r in cfg.rows]
     _check(bool(names) and len(set(names)) == len(names) and all(n and "/" not in n for n in names),
            "rows must have distinct, non-empty names without '/'")
