@@ -13,13 +13,14 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from nge.ablate import _configs, run_ablation
+from nge.ablate import _configs, paired_differences, run_ablation, write_tables
 from nge.cli import main
 from nge.config import AblateConfig
 from nge.data.sets import ImageSet
+from nge.engine import RunDir
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
-from nge.stats import icc, kendall, smallest_difference, spearman
+from nge.stats import icc, kendall, smallest_difference, spearman, t_interval_90
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
 from nge.training import held_out
 
@@ -73,6 +74,38 @@ def test_smallest_difference_has_the_stated_power():
     hits = sum(abs(statistics.mean(rng.gauss(d, sd) for _ in range(n)) - statistics.mean(rng.gauss(0, sd) for _ in range(n)))
                > 1.959964 * se for _ in range(4000))
     assert hits / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+def test_t_interval_has_its_stated_coverage():
+    mean, lo, hi = t_interval_90([1, 2, 3, 4, 5])
+    assert mean == 3 and hi - mean == pytest.approx(2.1318 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    rng = random.Random(2)
+    for n in (2, 5, 40):  # the table's two ends and the expansion beyond it
+        hits = 0
+        for _ in range(4000):
+            _, lo, hi = t_interval_90([rng.gauss(1.0, 3.0) for _ in range(n)])
+            hits += lo <= 1.0 <= hi
+        assert hits / 4000 == pytest.approx(0.9, abs=0.015), n
+    with pytest.raises(ValueError):
+        t_interval_90([1.0])
+
+
+def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_path):
+    def line(row, seed, t, acc):
+        return {"row": row, "seed": seed, "train_seed": seed + 1000 * t, "val_acc[a]": acc, "test_acc[a]": acc,
+                "search_seconds": 0.0, "genotype": random_genotype(seed).to_json(), "normal_ops": 1, "reduce_ops": 1}
+    random_rows = [line("random", 0, 0, 0.80), line("random", 0, 1, 0.70), line("random", 1, 0, 0.75),
+                   line("random", 2, 0, 0.9)]
+    mine = [line("x", 0, 0, 0.83), line("x", 0, 1, 0.75), line("x", 1, 0, 0.74), line("x", 1, 1, 0.99),
+            line("x", 3, 0, 0.5)]  # (1, t1) and seed 3 have no random partner
+    assert paired_differences(mine, random_rows, "val_acc[a]") == pytest.approx([4.0, -1.0])
+    acfg = _acfg(seeds=2, rows=[{"name": "random"}, {"name": "x", "genotype": "DARTS_V2"}],
+                 trainings=[{"name": "a", "preset": "smoke", "overrides": ["data.val=16"]}])
+    write_tables(random_rows + mine, acfg, RunDir.open(tmp_path / "t", force=False, resume=False, resumes_from="ablation.yaml"))
+    table = (tmp_path / "t" / "ablation.md").read_text()
+    _, lo, hi = t_interval_90([4.0, -1.0])
+    assert "Val acc − random (points), a [90%]" in table
+    assert f"| +1.50 [{lo:+.2f}, {hi:+.2f}] |" in next(x for x in table.splitlines() if x.startswith("| x |"))
 
 
 # ------------------------------------------------------------------------------------------- agreement

@@ -53,7 +53,7 @@ from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.searching import run_search
 from nge.space import Genotype
-from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman
+from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman, t_interval_90
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
 from nge.training import run_train
 
@@ -591,9 +591,11 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
     vals = [tp for tp in tps if any(f"val_acc[{tp}]" in r for r in rows)]
     head = ["Model", "Search val acc (%)"] + [f"Val acc (%), {tp}" for tp in vals]
     head += [f"Test acc (%), {tp}" for tp in tps] + [f"RI (%), {tp}" for tp in tps]
+    random = [r for r in rows if r["row"] == RANDOM_ROW]
+    paired = vals if random else []
+    head += [f"Val acc − random (points), {tp} [90%]" for tp in paired]
     head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)", "Agreement across seeds",
              "Search time (min)", "Train time (min)", "Seeds"]
-    random = [r for r in rows if r["row"] == RANDOM_ROW]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in acfg.rows:
         mine = [r for r in rows if r["row"] == spec.name]
@@ -606,6 +608,7 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
             ref, acc = _values(random, f"test_acc[{tp}]"), _values(mine, f"test_acc[{tp}]")
             ri = 100 * (statistics.mean(acc) - statistics.mean(ref)) / statistics.mean(ref) if ref and acc else None
             cells.append("n/a" if ri is None else f"{ri:+.2f}")
+        cells += [_paired_cell(mine, random, f"val_acc[{tp}]") if spec.name != RANDOM_ROW else "n/a" for tp in paired]
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_ops"), 1, 1) for c in ("normal", "reduce")))
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_entropy"), 1, 3) for c in ("normal", "reduce")))
         searched = spec.name != RANDOM_ROW and spec.genotype is None
@@ -623,9 +626,30 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
             "of the mean test accuracy over the random cells'. Distinct ops: in the derived cells (8 edges each); "
             "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform). Agreement: the "
             "share of (node, input, op) choices two seeds' cells share, averaged over pairs of seeds, against "
-            f"{100 * RANDOM_AGREEMENT:.1f}% for uniformly random cells (exact).\n")
+            f"{100 * RANDOM_AGREEMENT:.1f}% for uniformly random cells (exact)."
+            + (" Val acc − random: the mean over seeds of the row's and the random cells' difference at equal "
+               "training seeds, with a 90% t interval over seeds (a seed's cell is one sample)." if paired else "")
+            + "\n")
     text = "\n".join(lines) + "\n" + note + _twin_table(rows, acfg, twins) + evaluator_tables(rows, acfg)
     atomic_write_text(run.file("ablation.md"), text)
+
+
+def paired_differences(mine: list[dict], random: list[dict], key: str) -> list[float]:
+    """Per seed both rows have: the mean over their common training seeds of mine - random, in points."""
+    ref = {(r["seed"], r["train_seed"]): r[key] for r in random if r.get(key) is not None}
+    by_seed: dict[int, list[float]] = {}
+    for r in mine:
+        if r.get(key) is not None and (r["seed"], r["train_seed"]) in ref:
+            by_seed.setdefault(r["seed"], []).append(100 * (r[key] - ref[r["seed"], r["train_seed"]]))
+    return [statistics.mean(d) for _, d in sorted(by_seed.items())]
+
+
+def _paired_cell(mine: list[dict], random: list[dict], key: str) -> str:
+    d = paired_differences(mine, random, key)
+    if len(d) < 2:
+        return "n/a"
+    mean, lo, hi = t_interval_90(d)
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def _agreement_cell(mine: list[dict]) -> str:

@@ -1,4 +1,4 @@
-"""Small statistics for comparing evaluators and cells: ICC, rank correlations, bootstrap intervals.
+"""Small statistics for comparing evaluators and cells: ICC, rank correlations, bootstrap and t intervals.
 
 Plain Python (no SciPy); the ablation tables use them (`nge.ablate.evaluator_tables`)."""
 
@@ -108,6 +108,24 @@ def bootstrap_pairs(xs: Sequence[float], ys: Sequence[float], stat: Callable[[li
         idx = [rng.randrange(len(xs)) for _ in xs]
         out.append(stat([xs[i] for i in idx], [ys[i] for i in idx]))
     return _quantiles(out, level)
+
+
+# Student's t, 95th percentile (a two-sided 90% interval), for 1..30 degrees of freedom
+T_95 = (6.3138, 2.9200, 2.3534, 2.1318, 2.0150, 1.9432, 1.8946, 1.8595, 1.8331, 1.8125, 1.7959, 1.7823, 1.7709,
+        1.7613, 1.7531, 1.7459, 1.7396, 1.7341, 1.7291, 1.7247, 1.7207, 1.7171, 1.7139, 1.7109, 1.7081, 1.7056,
+        1.7033, 1.7011, 1.6991, 1.6973)
+Z_90 = 1.644854
+
+
+def t_interval_90(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 90% t interval of the mean, for n >= 2 independent values."""
+    n = len(values)
+    if n < 2:
+        raise ValueError("a t interval needs at least 2 values")
+    df = n - 1  # beyond the table, the Cornish-Fisher term of the t quantile
+    t = T_95[df - 1] if df <= len(T_95) else Z_90 + (Z_90 ** 3 + Z_90) / (4 * df)
+    mean, half = statistics.mean(values), t * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def smallest_difference(within_sd: float, n: int) -> float:
