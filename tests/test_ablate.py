@@ -10,10 +10,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from nge.ablate import _Ray, run_ablation
+from nge.ablate import _configs, _Ray, _sets_threads, run_ablation
 from nge.arch import ARCH_PARAMS
 from nge.cli import main
-from nge.config import AblateConfig
+from nge.config import AblateConfig, available_presets, load_config, seed_range
 from nge.data import write_synthetic_folder
 from nge.errors import NGEError
 from nge.space import Genotype, random_genotype
@@ -207,3 +207,13 @@ def test_ray_executor_gives_the_sequential_results(tmp_path, capfd, fmnist_root)
     assert "Traceback" not in err and "Unhandled error" not in err and err.count("nge: error") == 1, err
     assert err.endswith("\n") and err.splitlines()[-1].startswith(
         f"nge: error: 1 run(s) failed: ablation [1/5] random, seed 0: train (smoke): cannot read idx file {victim}: "), err
+
+
+@pytest.mark.parametrize("name", available_presets("ablate"))
+def test_every_shipped_ablation_preset_expands_to_valid_runs(name):
+    acfg = load_config(AblateConfig, "ablate", name, [])
+    configs = _configs(acfg, [], 1)
+    searched = [r for r in acfg.rows if r.name != "random" and r.genotype is None]
+    assert {k[:2] for k in configs if k[-1] == "search"} == {(r.name, s) for r in searched for s in seed_range(acfg)}
+    assert all(c.runtime.threads == 1 for k, c in configs.items() if not _sets_threads(
+        next(r for r in acfg.rows if r.name == k[0]).search))
