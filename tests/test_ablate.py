@@ -217,3 +217,22 @@ def test_every_shipped_ablation_preset_expands_to_valid_runs(name):
     assert {k[:2] for k in configs if k[-1] == "search"} == {(r.name, s) for r in searched for s in seed_range(acfg)}
     assert all(c.runtime.threads == 1 for k, c in configs.items() if not _sets_threads(
         next(r for r in acfg.rows if r.name == k[0]).search))
+
+
+def test_search_time_in_the_table_includes_perturbation_selection(tmp_path, monkeypatch):
+    import nge.ablate as ablate
+
+    g, p = random_genotype(0), torch.full((14, 7), 1 / 7).tolist()
+
+    def search(cfg, path, log, force, resume):
+        path.mkdir(parents=True)
+        (path / "probs.jsonl").write_text(json.dumps({"normal": p, "reduce": p}) + "\n")
+        return {"final_val_acc": 0.5, "wall_seconds": 60.0, "select_seconds": 30.0, "genotype": g.to_dict()}
+
+    monkeypatch.setattr(ablate, "run_search", search)
+    monkeypatch.setattr(ablate, "run_train", lambda *a, **k: {"final_test_acc": 0.5, "wall_seconds": 6.0})
+    acfg = AblateConfig(seeds=1, search_preset="smoke", train_presets=["smoke"],
+                        rows=[AblateConfig().rows[-1]])  # one searched row
+    rows = run_ablation(acfg, [], tmp_path / "abl", force=False, resume=False, log=lambda _: None)
+    assert rows[0]["search_seconds"] == 90.0
+    assert "| 1.5 |" in (tmp_path / "abl" / "ablation.md").read_text()  # 90 s of search: 1.5 min

@@ -524,7 +524,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                 base.update(found)
                 genotype = Genotype.from_dict(json.loads(found["genotype"]))
             elif search is not None:
-                base.update(search_val_acc=search["final_val_acc"], search_seconds=search["wall_seconds"],
+                base.update(search_val_acc=search["final_val_acc"],
+                            search_seconds=search["wall_seconds"] + search.get("select_seconds", 0.0),  # + selection
                             **_final_telemetry(sdir), **{"config[search]": fingerprint(configs[name, seed, "search"])})
                 genotype = Genotype.from_dict(search["genotype"])
             else:

@@ -292,10 +292,14 @@ def plot_image_grid(rows: Sequence[Sequence], titles: Sequence[str], path: Path)
 
 def plot_ablation(rows: Sequence[dict], names: Sequence[str], train_presets: Sequence[str], path: Path,
                   labels: dict[str, str]) -> None:
-    """Grouped bars (mean, with min-max whiskers over seeds): search val acc and test acc per row."""
+    """Grouped bars (mean, with min-max whiskers over seeds): search val acc, and per training its val acc (where
+    scored on a held-out split) and test acc, per row."""
     import numpy as np
 
-    series = [("search val", "search_val_acc")] + [(f"test ({tp})", f"test_acc[{tp}]") for tp in train_presets]
+    series = [("search val", "search_val_acc")]
+    for tp in train_presets:
+        series += [(f"val ({tp})", f"val_acc[{tp}]")] if any(r.get(f"val_acc[{tp}]") is not None for r in rows) else []
+        series.append((f"test ({tp})", f"test_acc[{tp}]"))
     present = [n for n in names if any(r["row"] == n for r in rows)]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(2 + 1.8 * len(present), 4))
