@@ -215,8 +215,8 @@ def test_every_shipped_ablation_preset_expands_to_valid_runs(name):
     configs = _configs(acfg, [], 1)
     searched = [r for r in acfg.rows if r.name != "random" and r.genotype is None]
     assert {k[:2] for k in configs if k[-1] == "search"} == {(r.name, s) for r in searched for s in seed_range(acfg)}
-    assert all(c.runtime.threads == 1 for k, c in configs.items() if not _sets_threads(
-        next(r for r in acfg.rows if r.name == k[0]).search))
+    rows = {r.name: r for r in acfg.rows}
+    assert all(c.runtime.threads == 1 for k, c in configs.items() if not _sets_threads(rows[k[0]].search))
 
 
 def test_search_time_in_the_table_includes_perturbation_selection(tmp_path, monkeypatch):

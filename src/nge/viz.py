@@ -298,7 +298,8 @@ def plot_ablation(rows: Sequence[dict], names: Sequence[str], train_presets: Seq
 
     series = [("search val", "search_val_acc")]
     for tp in train_presets:
-        series += [(f"val ({tp})", f"val_acc[{tp}]")] if any(r.get(f"val_acc[{tp}]") is not None for r in rows) else []
+        if any(r.get(f"val_acc[{tp}]") is not None for r in rows):
+            series.append((f"val ({tp})", f"val_acc[{tp}]"))
         series.append((f"test ({tp})", f"test_acc[{tp}]"))
     present = [n for n in names if any(r["row"] == n for r in rows)]
     width = 0.8 / len(series)
