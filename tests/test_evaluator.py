@@ -20,7 +20,7 @@ from nge.data.sets import ImageSet
 from nge.engine import RunDir
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
-from nge.stats import icc, kendall, smallest_difference, spearman, t_interval_90
+from nge.stats import icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_interval_90
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
 from nge.training import held_out
 
@@ -90,6 +90,22 @@ def test_t_interval_has_its_stated_coverage():
         t_interval_90([1.0])
 
 
+def test_n_to_clear_zero_is_the_first_n_whose_interval_excludes_zero():
+    def sample(n, mean, sd):  # n values with exactly this mean and standard deviation
+        z = [i - (n - 1) / 2 for i in range(n)]
+        return [mean + sd * x / statistics.stdev(z) for x in z]
+
+    for mean, sd in ((1.0, 2.0), (-0.6, 2.2), (3.0, 0.5)):
+        n = n_to_clear_zero(mean, sd)
+        _, lo, hi = t_interval_90(sample(n, mean, sd))
+        assert lo > 0 or hi < 0
+        if n > 2:
+            _, lo, hi = t_interval_90(sample(n - 1, mean, sd))
+            assert lo <= 0 <= hi
+    assert n_to_clear_zero(1.0, 2.0) == 13  # by hand: 2 * t(12) / sqrt(13) = 0.989 < 1 <= 2 * t(11) / sqrt(12)
+    assert n_to_clear_zero(0.0, 1.0) is None and n_to_clear_zero(0.01, 5.0, limit=50) is None
+
+
 def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_path):
     def line(row, seed, t, acc):
         return {"row": row, "seed": seed, "train_seed": seed + 1000 * t, "val_acc[a]": acc, "test_acc[a]": acc,
@@ -106,6 +122,15 @@ def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_pa
     _, lo, hi = t_interval_90([4.0, -1.0])
     assert "Val acc − random (points), a [90%]" in table
     assert f"| +1.50 [{lo:+.2f}, {hi:+.2f}] |" in next(x for x in table.splitlines() if x.startswith("| x |"))
+    # a third row, against x as well as random cells: y - x per seed is (+2 + 0) / 2 and -3 (y has no seed 1, t1)
+    y = [line("y", 0, 0, 0.85), line("y", 0, 1, 0.75), line("y", 1, 0, 0.71)]
+    acfg.rows.append(type(acfg.rows[0])(name="y", genotype="DARTS_V2"))
+    write_tables(random_rows + mine + y, acfg, RunDir.open(tmp_path / "t2", force=False, resume=False,
+                                                            resumes_from="ablation.yaml"))
+    pairs = (tmp_path / "t2" / "ablation.md").read_text().split("### Paired differences between rows")[1]
+    _, lo, hi = t_interval_90([1.0, -3.0])
+    assert f"| a | y | x | 2 | -1.00 [{lo:+.2f}, {hi:+.2f}] | {statistics.stdev([1.0, -3.0]):.2f} |" in pairs
+    assert "| a | x | random | 2 | +1.50" in pairs and "| a | y | random | 2 |" in pairs
 
 
 # ------------------------------------------------------------------------------------------- agreement

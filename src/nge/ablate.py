@@ -53,7 +53,8 @@ from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.searching import run_search
 from nge.space import Genotype
-from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, smallest_difference, spearman, t_interval_90
+from nge.stats import (bootstrap, bootstrap_pairs, icc, kendall, n_to_clear_zero, smallest_difference, spearman,
+                       t_interval_90)
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
 from nge.training import run_train
 
@@ -631,7 +632,8 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
             + (" Val acc − random: the mean over seeds of the row's and the random cells' difference at equal "
                "training seeds, with a 90% t interval over seeds (a seed's cell is one sample)." if paired else "")
             + "\n")
-    text = "\n".join(lines) + "\n" + note + _twin_table(rows, acfg, twins) + evaluator_tables(rows, acfg)
+    text = ("\n".join(lines) + "\n" + note + _pairs_table(rows, acfg, vals) + _twin_table(rows, acfg, twins)
+            + evaluator_tables(rows, acfg))
     atomic_write_text(run.file("ablation.md"), text)
 
 
@@ -651,6 +653,33 @@ def _paired_cell(mine: list[dict], random: list[dict], key: str) -> str:
         return "n/a"
     mean, lo, hi = t_interval_90(d)
     return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _pairs_table(rows: list[dict], acfg: AblateConfig, vals: list[str]) -> str:
+    """Every later row against every earlier one (random cells included), paired by seed and training seed:
+    the comparisons the main table's random-cell column leaves out, e.g. a lever against the default."""
+    labels = {r.name: r.label or r.name for r in acfg.rows}
+    names = [r.name for r in acfg.rows if any(x["row"] == r.name for x in rows)]
+    out = []
+    for tp in vals:
+        key = f"val_acc[{tp}]"
+        for j, b in enumerate(names):
+            for a in names[:j]:
+                d = paired_differences([r for r in rows if r["row"] == b], [r for r in rows if r["row"] == a], key)
+                if len(d) < 2:
+                    continue
+                mean, lo, hi = t_interval_90(d)
+                need = n_to_clear_zero(mean, statistics.stdev(d))
+                out.append(f"| {tp} | {labels[b]} | {labels[a]} | {len(d)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+                           f"{statistics.stdev(d):.2f} | {need if need is not None else '> 1000'} |")
+    if not out:
+        return ""
+    return "\n".join(["", "### Paired differences between rows", "",
+                      "| Training | Row | minus row | Seeds | Val acc difference (points) [90%] | Std over seeds "
+                      "| Seeds for an interval clear of 0 |", "|---|---|---|---|---|---|---|", *out, "",
+                      "Paired at equal seeds and training seeds, as the main table's random-cell column. Seeds for an "
+                      "interval clear of 0: how many seeds the 90% interval would need to exclude 0 if the mean and "
+                      "the spread stayed as measured (a projection; the mean itself is uncertain).", ""]) + "\n"
 
 
 def _agreement_cell(mine: list[dict]) -> str:

@@ -117,15 +117,26 @@ T_95 = (6.3138, 2.9200, 2.3534, 2.1318, 2.0150, 1.9432, 1.8946, 1.8595, 1.8331, 
 Z_90 = 1.644854
 
 
+def t_95(df: int) -> float:
+    """Student's t 95th percentile; beyond the table, with the first Cornish-Fisher term."""
+    return T_95[df - 1] if df <= len(T_95) else Z_90 + (Z_90 ** 3 + Z_90) / (4 * df)
+
+
 def t_interval_90(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and two-sided 90% t interval of the mean, for n >= 2 independent values."""
     n = len(values)
     if n < 2:
         raise ValueError("a t interval needs at least 2 values")
-    df = n - 1  # beyond the table, the Cornish-Fisher term of the t quantile
-    t = T_95[df - 1] if df <= len(T_95) else Z_90 + (Z_90 ** 3 + Z_90) / (4 * df)
-    mean, half = statistics.mean(values), t * statistics.stdev(values) / math.sqrt(n)
+    mean, half = statistics.mean(values), t_95(n - 1) * statistics.stdev(values) / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def n_to_clear_zero(mean: float, sd: float, limit: int = 1000) -> int | None:
+    """The fewest values whose 90% t interval excludes 0 at this mean and standard deviation: a projection
+    (the mean is itself an estimate); None for a mean of 0 or beyond `limit`."""
+    if mean == 0:
+        return None
+    return next((n for n in range(2, limit + 1) if t_95(n - 1) * sd / math.sqrt(n) < abs(mean)), None)
 
 
 def smallest_difference(within_sd: float, n: int) -> float:
