@@ -194,6 +194,8 @@ def test_ray_executor_gives_the_sequential_results(tmp_path, capfd, fmnist_root)
     assert msg.startswith("1 run(s) failed: ablation [2/3] nge, seed 0: search: train/val split") and "\n" not in msg
     assert e.value.not_run[0] == "ablation [2/3] nge, seed 0: train (smoke)" and len(e.value.not_run) >= 1
     assert (tmp_path / "fail" / "random-seed0" / "train-smoke" / "summary.json").is_file()  # it ran to its end
+    assert [r["row"] for r in csv.DictReader((tmp_path / "fail" / "ablation.csv").open())] == ["random"]  # tabulated
+    assert (tmp_path / "fail" / "ablation.png").read_bytes()[:4] == b"\x89PNG"  # and drawn
     assert not (tmp_path / "fail" / "nge-seed0" / "train-smoke").exists()
     # an NGEError inside a task (a file that is there, so the check before Ray passes, but truncated):
     # exit status 2 and one line, as in one process; Ray's own lines and the runs' logs may come

@@ -381,6 +381,8 @@ class _Ray:
         if self.failures:
             while self.running:  # let the running ones end
                 self._wait_one()
+            if handle in self.results:  # finished: its line is tabulated; a later handle raises
+                return self.results[handle]
             raise _Failed([(self.specs[h][0], err) for h, err in sorted(self.failures.items())],
                           [self.specs[h][0] for h in self.specs if h not in self.results and h not in self.failures])
         return self.results[handle]
@@ -512,7 +514,10 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
                            "or start without --resume")
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
+    from nge import viz  # matplotlib: only once the runs can start
+
     twins = _thread_twins(acfg, configs)
+    labels = {r.name: r.label or r.name for r in acfg.rows}
     rows: list[dict] = []
     try:
         plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex, ledger, log)
@@ -549,7 +554,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                     row[f"params[{tr}]"] = train.get("params")
                     row[f"config[{tr}]"] = train["config"] if "config" in train else fingerprint(configs[name, seed, tr, t])
                 rows.append(row)
-            write_tables(rows, acfg, run, twins)
+            write_tables(rows, acfg, run, twins)  # and the picture: an interrupted table has both
+            viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
         if ledger is not None and ledger.unchecked:
             log(f"nge ablate: {len(ledger.unchecked)} reused result(s) record no settings fingerprint (an older table); "
                 "they were matched on row and seeds (and a training on its genotype) only")
@@ -560,10 +566,6 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                        "finished epoch when the same command runs again with --resume") from None
     finally:
         ex.close()
-    from nge import viz
-
-    labels = {r.name: r.label or r.name for r in acfg.rows}
-    viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
     return rows
 
 
