@@ -144,6 +144,40 @@ def test_ray_queue_starts_runs_in_order_as_the_cluster_s_cpus_and_gpus_hold_them
     assert not ray._fits(7) and ray._fits(8)  # a third GPU run waits; a CPU run (runtime.device=cpu) does not
 
 
+def test_ray_get_returns_what_finished_beside_a_failure_and_raises_for_the_rest():
+    class TaskError(Exception):
+        def __init__(self, cause):
+            self.cause = cause
+
+    finish_order = ["ref:search", "ref:random"]  # the search fails while the random cell still trains
+    outcomes = {"ref:random": {"wall_seconds": 1.0, "final_test_acc": 0.5},
+                "ref:search": TaskError(NGEError("train/val split too small"))}
+
+    def get(ref):
+        if isinstance(outcomes[ref], Exception):
+            raise outcomes[ref]
+        return outcomes[ref]
+
+    ray = object.__new__(_Ray)
+    ray.ray = SimpleNamespace(exceptions=SimpleNamespace(RayTaskError=TaskError), get=get,
+                              wait=lambda refs: ([next(r for r in finish_order if r in refs)], []))
+    ray.task = SimpleNamespace(options=lambda **_: SimpleNamespace(remote=lambda msg, *_: f"ref:{msg}"))
+    ray.gpus, ray.capacity, ray.log, logs = False, (2, 0), None, []
+    ray.log = logs.append
+    ray.queue, ray.specs, ray.refs, ray.running, ray.results, ray.failures = [], {}, {}, {}, {}, {}
+    cfg = SimpleNamespace(runtime=SimpleNamespace(threads=1, device="cpu"))
+    random = ray.submit("random", None, None, cfg)
+    search = ray.submit("search", None, None, cfg)
+    train = ray.submit("train", None, None, cfg, after=search)
+    assert ray.queue == [train]  # two CPUs: two runs at once
+    assert ray.get(random) == outcomes["ref:random"]  # it finished after the failure: still tabulated
+    assert ray.queue == [train] and logs == ["search: failed", "random: finished (1 s)"]  # nothing else started
+    for handle in (search, train):
+        with pytest.raises(NGEError) as e:
+            ray.get(handle)
+        assert e.value.failed == [("search", "train/val split too small")] and e.value.not_run == ["train"]
+
+
 def _csv_without_times(path):
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in csv.DictReader(path.open())]
 

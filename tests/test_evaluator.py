@@ -20,7 +20,7 @@ from nge.data.sets import ImageSet
 from nge.engine import RunDir
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
-from nge.stats import icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_interval_90
+from nge.stats import icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_95, t_interval_90
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
 from nge.training import held_out
 
@@ -104,6 +104,8 @@ def test_n_to_clear_zero_is_the_first_n_whose_interval_excludes_zero():
             assert lo <= 0 <= hi
     assert n_to_clear_zero(1.0, 2.0) == 13  # by hand: 2 * t(12) / sqrt(13) = 0.989 < 1 <= 2 * t(11) / sqrt(12)
     assert n_to_clear_zero(0.0, 1.0) is None and n_to_clear_zero(0.01, 5.0, limit=50) is None
+    with pytest.raises(ValueError):
+        t_95(0)
 
 
 def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_path):

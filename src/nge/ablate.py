@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from nge import viz
 from nge.config import (
     RANDOM_ROW,
     RESUME_MAY_CHANGE,
@@ -53,8 +54,7 @@ from nge.errors import NGEError
 from nge.genotypes import resolve_genotype
 from nge.searching import run_search
 from nge.space import Genotype
-from nge.stats import (bootstrap, bootstrap_pairs, icc, kendall, n_to_clear_zero, smallest_difference, spearman,
-                       t_interval_90)
+from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_interval_90
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
 from nge.training import run_train
 
@@ -514,8 +514,6 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
                            "or start without --resume")
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
-    from nge import viz  # matplotlib: only once the runs can start
-
     twins = _thread_twins(acfg, configs)
     labels = {r.name: r.label or r.name for r in acfg.rows}
     rows: list[dict] = []
@@ -555,7 +553,10 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                     row[f"config[{tr}]"] = train["config"] if "config" in train else fingerprint(configs[name, seed, tr, t])
                 rows.append(row)
             write_tables(rows, acfg, run, twins)  # and the picture: an interrupted table has both
-            viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
+            try:
+                viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
+            except Exception as e:  # noqa: BLE001 - a picture is never worth the runs still going
+                log(f"nge ablate: ablation.png not drawn ({type(e).__name__}: {e})")
         if ledger is not None and ledger.unchecked:
             log(f"nge ablate: {len(ledger.unchecked)} reused result(s) record no settings fingerprint (an older table); "
                 "they were matched on row and seeds (and a training on its genotype) only")
@@ -657,6 +658,9 @@ def _paired_cell(mine: list[dict], random: list[dict], key: str) -> str:
     return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+PROJECTION_LIMIT = 1000  # seeds
+
+
 def _pairs_table(rows: list[dict], acfg: AblateConfig, vals: list[str]) -> str:
     """Every later row against every earlier one (random cells included), paired by seed and training seed:
     the comparisons the main table's random-cell column leaves out, e.g. a lever against the default."""
@@ -671,9 +675,9 @@ def _pairs_table(rows: list[dict], acfg: AblateConfig, vals: list[str]) -> str:
                 if len(d) < 2:
                     continue
                 mean, lo, hi = t_interval_90(d)
-                need = n_to_clear_zero(mean, statistics.stdev(d))
+                need = n_to_clear_zero(mean, statistics.stdev(d), PROJECTION_LIMIT)
                 out.append(f"| {tp} | {labels[b]} | {labels[a]} | {len(d)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
-                           f"{statistics.stdev(d):.2f} | {need if need is not None else '> 1000'} |")
+                           f"{statistics.stdev(d):.2f} | {need or ('never' if mean == 0 else f'> {PROJECTION_LIMIT}')} |")
     if not out:
         return ""
     return "\n".join(["", "### Paired differences between rows", "",

@@ -119,6 +119,8 @@ Z_90 = 1.644854
 
 def t_95(df: int) -> float:
     """Student's t 95th percentile; beyond the table, with the first Cornish-Fisher term."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
     return T_95[df - 1] if df <= len(T_95) else Z_90 + (Z_90 ** 3 + Z_90) / (4 * df)
 
 

@@ -313,10 +313,14 @@ def plot_ablation(rows: Sequence[dict], names: Sequence[str], train_presets: Seq
         ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=7)
     ax.set_xticks(range(len(present)), [labels.get(n, n) for n in present], fontsize=8)
     ax.set_ylabel("accuracy (%)")
-    lo = min(100 * r[k] for r in rows for _, k in series if r.get(k) is not None)
+    lo = min((100 * r[k] for r in rows for _, k in series if r.get(k) is not None), default=100)
     ax.set_ylim(max(0, lo - 10), 100)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    tmp = Path(path).with_suffix(".tmp.png")  # redrawn as a table grows: never a half-written picture
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
