@@ -135,6 +135,40 @@ def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_pa
     assert "| a | x | random | 2 | +1.50" in pairs and "| a | y | random | 2 |" in pairs
 
 
+def test_tabulate_redraws_a_table_from_its_csv_and_runs_nothing(tmp_path, capsys):
+    from nge.ablate import tabulate
+    from nge.config import to_yaml
+
+    def line(row, seed, t, acc):
+        return {"row": row, "seed": seed, "train_seed": seed + 1000 * t, "val_acc[a]": acc, "test_acc[a]": acc / 3,
+                "search_seconds": 0.0, "genotype": random_genotype(seed).to_json(), "normal_ops": 1, "reduce_ops": 1}
+    rows = [line(r, s, t, 0.7 + 0.01 * s + 0.02 * t + (r == "x") * 0.013 * s) for r in ("random", "x")
+            for s in range(3) for t in range(2)]
+    acfg = _acfg(seeds=3, train_seeds=2, rows=[{"name": "random"}, {"name": "x", "genotype": "DARTS_V2"}],
+                 trainings=[{"name": "a", "preset": "smoke", "overrides": ["data.val=16"]}])
+    write_tables(rows, acfg, RunDir.open(tmp_path / "run", force=False, resume=False, resumes_from="ablation.yaml"))
+    table, md = tmp_path / "run" / "ablation.csv", (tmp_path / "run" / "ablation.md").read_text()
+    csv_bytes = table.read_bytes()
+    (tmp_path / "run" / "ablation.md").write_text("stale")
+    assert tabulate(acfg, table) == tmp_path / "run"  # in place: the CSV untouched, the table as the run wrote it
+    assert table.read_bytes() == csv_bytes and (tmp_path / "run" / "ablation.md").read_text() == md
+    assert "### Paired differences between rows" in md
+    assert (tmp_path / "run" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(to_yaml(acfg))
+    assert main(["ablate", "--preset", str(preset), "--tabulate", str(table), "--out", str(tmp_path / "new")]) == 0
+    assert capsys.readouterr().out == md and (tmp_path / "new" / "ablation.csv").read_bytes() == csv_bytes
+    bad = {f"--tabulate {tmp_path / 'none.csv'}: ": [str(tmp_path / "none.csv")],
+           "--tabulate runs nothing: give it without --resume\n": [str(table), "--resume"]}
+    for message, args in bad.items():
+        assert main(["ablate", "--preset", str(preset), "--tabulate", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nge: error: {message}") and err.count("\n") == 1, err
+    acfg.rows = acfg.rows[:1]
+    with pytest.raises(NGEError, match=r"rows x are not in ablation preset"):
+        tabulate(acfg, table)
+
+
 # ------------------------------------------------------------------------------------------- agreement
 
 

@@ -166,24 +166,25 @@ class _Ledger:
     lack run on that cell. A line without the fingerprint (an older table) is matched on row, seeds and
     (a training) genotype alone."""
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], flag: str = "--reuse"):
         self.lines: dict[tuple, dict] = {}
+        self.flag = flag
         for path in paths:
             try:
                 with open(path, newline="") as f:
                     reader = csv.DictReader(f)
                     missing = {"row", "seed", "train_seed", "genotype"} - set(reader.fieldnames or ())
                     if missing:
-                        raise NGEError(f"--reuse {path}: not an ablation.csv (no {', '.join(sorted(missing))} column)")
+                        raise NGEError(f"{flag} {path}: not an ablation.csv (no {', '.join(sorted(missing))} column)")
                     for line in reader:
                         if None in line or None in line.values():
-                            raise NGEError(f"--reuse {path}: line {reader.line_num} has {'more' if None in line else 'fewer'} "
+                            raise NGEError(f"{flag} {path}: line {reader.line_num} has {'more' if None in line else 'fewer'} "
                                            "fields than the header")
                         self._add(path, {k: _value(k, v) for k, v in line.items()})
             except OSError as e:
-                raise NGEError(f"--reuse {path}: {e.strerror or e}") from None
+                raise NGEError(f"{flag} {path}: {e.strerror or e}") from None
             except (csv.Error, UnicodeDecodeError) as e:
-                raise NGEError(f"--reuse {path}: not a readable CSV file ({e})") from None
+                raise NGEError(f"{flag} {path}: not a readable CSV file ({e})") from None
         self.unchecked: set[tuple] = set()  # reused lines that record no fingerprint for what was taken
 
     def _add(self, path: Path, line: dict) -> None:
@@ -194,7 +195,7 @@ class _Ledger:
             if v is None:
                 continue
             if old.get(k) is not None and old[k] != v and not (v != v and old[k] != old[k]):  # nan equals nan here
-                raise NGEError(f"--reuse {path}: {key[0]}, seed {key[1]}, training seed {key[2]} has {k} = {v}, "
+                raise NGEError(f"{self.flag} {path}: {key[0]}, seed {key[1]}, training seed {key[2]} has {k} = {v}, "
                                f"another file {old[k]}; reuse one of them")
             old[k] = v
 
@@ -515,7 +516,6 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                            "or start without --resume")
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
     twins = _thread_twins(acfg, configs)
-    labels = {r.name: r.label or r.name for r in acfg.rows}
     rows: list[dict] = []
     try:
         plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex, ledger, log)
@@ -554,7 +554,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                 rows.append(row)
             write_tables(rows, acfg, run, twins)  # and the picture: an interrupted table has both
             try:
-                viz.plot_ablation(rows, list(labels), trainings, run.file("ablation.png"), labels)
+                _plot(rows, acfg, run)
             except Exception as e:  # noqa: BLE001 - a picture is never worth the runs still going
                 log(f"nge ablate: ablation.png not drawn ({type(e).__name__}: {e})")
         if ledger is not None and ledger.unchecked:
@@ -568,6 +568,33 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     finally:
         ex.close()
     return rows
+
+
+def _plot(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
+    labels = {r.name: r.label or r.name for r in acfg.rows}
+    viz.plot_ablation(rows, list(labels), [tr.name for tr in ablate_trainings(acfg)], run.file("ablation.png"), labels)
+
+
+def tabulate(acfg: AblateConfig, table: Path, out: Path | None = None, overrides: list[str] = (),
+             threads_per_run: int | None = None) -> Path:
+    """ablation.md and ablation.png from an ablation.csv and the comparison it came from, running nothing:
+    a committed or interrupted table redrawn, e.g. after the tables gained a column. In `out` (with a copy
+    of the CSV), else beside the CSV, which is left as it is. Returns the directory."""
+    table = Path(table)
+    rows = list(_Ledger([table], "--tabulate").lines.values())
+    unknown = sorted({r["row"] for r in rows} - {r.name for r in acfg.rows})
+    if unknown:
+        raise NGEError(f"--tabulate {table}: rows {', '.join(unknown)} are not in ablation preset {acfg.preset!r}; "
+                       "give the --preset the table came from")
+    run = RunDir(Path(out) if out is not None else table.parent)
+    run.path.mkdir(parents=True, exist_ok=True)
+    twins = _thread_twins(acfg, _configs(acfg, list(overrides), threads_per_run))
+    if out is not None and run.file("ablation.csv").resolve() != table.resolve():
+        write_tables(rows, acfg, run, twins)
+    else:
+        _write_md(rows, acfg, run, twins)
+    _plot(rows, acfg, run)
+    return run.path
 
 
 def _values(rows: list[dict], key: str) -> list[float]:
@@ -591,6 +618,10 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
     writer.writeheader()
     writer.writerows(rows)
     run.write_text("ablation.csv", buf.getvalue())
+    _write_md(rows, acfg, run, twins)
+
+
+def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tuple[str, str]] = ()) -> None:
     seeds = {r["seed"] for r in rows}
     tps = [tr.name for tr in ablate_trainings(acfg)]
     vals = [tp for tp in tps if any(f"val_acc[{tp}]" in r for r in rows)]

@@ -88,6 +88,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     extra = [f"{k}={v}" for k, v in (("seeds", args.seeds), ("first_seed", args.first_seed)) if v is not None]
     acfg = load_config(AblateConfig, "ablate", args.preset, extra)
+    if args.tabulate:
+        given = [f for f, v in (("--force", args.force), ("--resume", args.resume), ("--reuse", args.reuse)) if v]
+        if given:
+            raise NGEError(f"--tabulate runs nothing: give it without {', '.join(given)}")
+        from nge.ablate import tabulate
+
+        out = tabulate(acfg, Path(args.tabulate), Path(args.out) if args.out else None, args.overrides,
+                       args.threads_per_run)
+        print((out / "ablation.md").read_text(), end="")
+        return 0
     out = Path(args.out) if args.out else default_run_dir("ablate", preset_name(args.preset))
     run_ablation(acfg, args.overrides, out, force=args.force, resume=args.resume, log=_log, executor=args.executor,
                  address=args.address, threads_per_run=args.threads_per_run, reuse=args.reuse or [])
@@ -187,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reuse", action="append", metavar="CSV",
                    help="take finished runs from an earlier ablation.csv (its run folders may be gone) where row, "
                         "seeds, genotype and settings match; repeatable")
+    a.add_argument("--tabulate", metavar="CSV",
+                   help="run nothing: write ablation.md and ablation.png from an ablation.csv of this preset, beside "
+                        "it (or in --out)")
     a.add_argument("--executor", choices=["sequential", "ray"], default="sequential",
                    help="sequential: one run after another in this process (default); ray: every run a Ray task")
     a.add_argument("--address", help="with --executor ray: the cluster to use, e.g. auto (default: a new local instance)")
