@@ -1,17 +1,22 @@
-"""Side analyses of the confirm and screen CSVs: -TSE pairs; default vs random pooled over screen + confirm seeds."""
-import csv, statistics, sys
-from nge.stats import t_interval_90, n_to_clear_zero
+"""Side analyses of the confirm and screen tables (run from the repository root): -TSE pairs and test
+accuracy pairs of the confirm rows; the default and perturbation selection against random cells pooled
+over the screen's seeds 0-2 and the confirmation's seeds 3-7."""
+import csv
+import statistics
 
-def load(path, offset=0):
-    out = []
-    for r in csv.DictReader(open(path)):
-        d = {"row": r["row"], "seed": int(r["seed"]) + offset, "train_seed": int(r["train_seed"])}
-        for k in ("val_acc[proxy]", "tse[proxy]", "test_acc[proxy]"):
-            d[k] = float(r[k]) if r.get(k) else None
-        out.append(d)
-    return out
+from nge.stats import n_to_clear_zero, t_interval_90
+
+KEYS = ("val_acc[proxy]", "tse[proxy]", "test_acc[proxy]")
+
+
+def load(path):
+    with open(path, newline="") as f:
+        return [{"row": r["row"], "seed": int(r["seed"]), "train_seed": int(r["train_seed"]),
+                 **{k: float(r[k]) if r.get(k) else None for k in KEYS}} for r in csv.DictReader(f)]
+
 
 def pairs(rows, a, b, key, scale):
+    """Per seed, the mean over training seeds of scale * (b - a) at equal training seeds."""
     ref = {(r["seed"], r["train_seed"]): r[key] for r in rows if r["row"] == a and r[key] is not None}
     by = {}
     for r in rows:
@@ -19,18 +24,21 @@ def pairs(rows, a, b, key, scale):
             by.setdefault(r["seed"], []).append(scale * (r[key] - ref[r["seed"], r["train_seed"]]))
     return [statistics.mean(v) for _, v in sorted(by.items())]
 
+
 def show(rows, a, b, key, scale, tag=""):
     d = pairs(rows, a, b, key, scale)
     if len(d) < 2:
-        print(f"{tag}{b} - {a} [{key}]: {len(d)} seeds"); return
+        print(f"{tag}{b} - {a} [{key}]: {len(d)} seeds")
+        return
     m, lo, hi = t_interval_90(d)
     sd = statistics.stdev(d)
-    print(f"{tag}{b} - {a} [{key}]: n={len(d)} {m:+.3f} [{lo:+.3f}, {hi:+.3f}] sd {sd:.3f} seeds-to-clear {n_to_clear_zero(m, sd)} per-seed {[round(x,2) for x in d]}")
+    print(f"{tag}{b} - {a} [{key}]: n={len(d)} {m:+.3f} [{lo:+.3f}, {hi:+.3f}] sd {sd:.3f} "
+          f"seeds-to-clear {n_to_clear_zero(m, sd)} per-seed {[round(x, 2) for x in d]}")
+
 
 conf = load("docs/results/confirm/ablation.csv")
-scr = load("docs/results/screen/ablation.csv")
 names = list(dict.fromkeys(r["row"] for r in conf))
-print("== confirm, -TSE (loss units; positive = lower TSE than the other row)")
+print("== confirm, -TSE (loss units; negative = higher TSE than the other row)")
 for i, a in enumerate(names):
     for b in names[i + 1:]:
         show(conf, a, b, "tse[proxy]", -1)
@@ -38,7 +46,7 @@ print("== confirm, test acc (points; reported, chose nothing)")
 for b in names[1:]:
     show(conf, "random", b, "test_acc[proxy]", 100)
 print("== pooled screen seeds 0-2 + confirm seeds 3-7, val acc")
-both = scr + conf
+both = load("docs/results/screen/ablation.csv") + conf
 for b in ("nge", "pt"):
     show(both, "random", b, "val_acc[proxy]", 100, "pooled ")
 show(both, "nge", "pt", "val_acc[proxy]", 100, "pooled ")
