@@ -4,6 +4,7 @@ over the screen's seeds 0-2 and the confirmation's seeds 3-7."""
 import csv
 import statistics
 
+from nge.ablate import paired_differences
 from nge.stats import n_to_clear_zero, t_interval_90
 
 KEYS = ("val_acc[proxy]", "tse[proxy]", "test_acc[proxy]")
@@ -16,13 +17,9 @@ def load(path):
 
 
 def pairs(rows, a, b, key, scale):
-    """Per seed, the mean over training seeds of scale * (b - a) at equal training seeds."""
-    ref = {(r["seed"], r["train_seed"]): r[key] for r in rows if r["row"] == a and r[key] is not None}
-    by = {}
-    for r in rows:
-        if r["row"] == b and r[key] is not None and (r["seed"], r["train_seed"]) in ref:
-            by.setdefault(r["seed"], []).append(scale * (r[key] - ref[r["seed"], r["train_seed"]]))
-    return [statistics.mean(v) for _, v in sorted(by.items())]
+    """Per seed, scale * (b - a) averaged over equal training seeds, as the table's pairs are."""
+    return [scale / 100 * d for d in paired_differences([r for r in rows if r["row"] == b],
+                                                        [r for r in rows if r["row"] == a], key)]
 
 
 def show(rows, a, b, key, scale, tag=""):
