@@ -6,7 +6,13 @@ training preset. The row named `random` searches nothing: seed k trains `random:
 uniformly from the search space. Each search and training run is an ordinary run directory;
 rerunning with `--resume` skips finished runs and resumes an interrupted one from its checkpoint.
 `--reuse` takes finished runs from an earlier table's ablation.csv instead (its run directories may be
-gone): a line is reused where its row, seeds, genotype and settings fingerprint match.
+gone): a line is reused where its row, seeds, genotype and settings match. A line stores each run's
+settings (`settings`, as JSON in its config[...] columns) and they are compared key by key, a key that
+one side lacks read as its schema default (so a new key at its default keeps every line); every line not
+reused is logged with the first key that differs. Older tables hold a 12-hex fingerprint instead: it is
+compared with the hash of today's settings computed as it was then (`fingerprint`: blind to data.root
+and runtime.threads, and without the keys added since, nge.config.KEYS_SINCE_FINGERPRINTS, where they
+hold their schema default).
 The runs go one after another in this process, or (executor="ray") as Ray tasks, all at once.
 
 Tables report, per row, mean ± std over seeds and the relative improvement over the random cells,
@@ -23,6 +29,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import signal
 import statistics
 import sys
@@ -34,14 +41,18 @@ import yaml
 
 from nge import viz
 from nge.config import (
+    KEYS_SINCE_FINGERPRINTS,
     RANDOM_ROW,
     RESUME_MAY_CHANGE,
+    ROOT_IS_DATA,
     AblateConfig,
+    DataConfig,
     SearchRunConfig,
     TrainRunConfig,
     ablate_trainings,
     inert_keys,
     load_config,
+    schema_defaults,
     seed_range,
     to_dict,
     to_yaml,
@@ -82,7 +93,7 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
                 for t in range(acfg.train_seeds):
                     configs[row.name, seed, tr.name, t] = load_config(
                         TrainRunConfig, "train", tr.preset, [*tr.overrides, *overrides, f"runtime.seed={train_seed(seed, t)}"])
-    own = {(r.name, seed, "search") for r in acfg.rows for seed in seed_range(acfg) if _sets_threads(r.search)}
+    own = _own_threads(acfg)
     if threads is not None:
         for key, cfg in configs.items():
             if key not in own:  # a row's own runtime.threads (a numerical perturbation) is kept
@@ -92,6 +103,11 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
 
 def _sets_threads(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].strip() == "runtime.threads" for o in overrides)
+
+
+def _own_threads(acfg: AblateConfig) -> set[tuple]:
+    """The searches whose row sets runtime.threads itself: a numerical perturbation, so it counts in their settings."""
+    return {(r.name, seed, "search") for r in acfg.rows for seed in seed_range(acfg) if _sets_threads(r.search)}
 
 
 def _thread_twins(acfg: AblateConfig, configs: dict) -> list[tuple[str, str]]:
@@ -116,7 +132,7 @@ def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
     if saved is None:
         raise NGEError(f"{path} is finished but has no config.yaml to check; delete it or use --force")
     try:
-        check_resume_config(saved, to_dict(cfg), (*RESUME_MAY_CHANGE, *inert_keys(cfg)))
+        check_resume_config(saved, to_dict(cfg), (*RESUME_MAY_CHANGE, *inert_keys(cfg)), schema_defaults(type(cfg)))
     except NGEError as e:
         raise NGEError(f"{path}: {str(e).removeprefix('cannot resume: ')}; the finished run was made with other "
                        "settings (delete it to run it again)") from None
@@ -136,15 +152,92 @@ def _check_data(configs: dict) -> None:
             check_files(*key)
 
 
+def settings(cfg, threads: bool = False) -> dict:
+    """What a --reuse line must match, as {dotted key: value}: a run's settings, blind to what a resume may
+    change, to the preset's name or path (its values count) and to data.root where it only says where a
+    standard data set lies (it counts where it is the data set: `ROOT_IS_DATA`, so two folders of images
+    are never mixed). runtime.threads counts where `threads` (a row's own: a numerical perturbation)."""
+    blind = {*RESUME_MAY_CHANGE, *inert_keys(cfg), "preset"}
+    data = getattr(cfg, "data", None)
+    if isinstance(data, DataConfig) and data.name not in ROOT_IS_DATA:
+        blind.add("data.root")
+    if threads:
+        blind.discard("runtime.threads")
+    return resume_checked(to_dict(cfg), tuple(blind))
+
+
+def _settings_cell(cfg, threads: bool = False) -> str:
+    """A line's config[...] column: the run's `settings` as JSON."""
+    return json.dumps(settings(cfg, threads), sort_keys=True)
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{12}")  # an older table's config[...] column
+_ABSENT = object()  # a key without a schema default that one side lacks
+
+
+def _old_hash(values: dict, schema: type) -> str:
+    """`values` (settings) hashed as the tables before stored settings did: blind to data.root and runtime.threads,
+    without the keys added since (KEYS_SINCE_FINGERPRINTS) where they hold their schema default."""
+    defaults = schema_defaults(schema)
+
+    def added_at_default(k: str, v) -> bool:
+        return any(k == m or k.startswith(m + ".") for m in KEYS_SINCE_FINGERPRINTS) and defaults.get(k, _ABSENT) == v
+
+    kept = {k: v for k, v in values.items() if k not in ("data.root", "runtime.threads") and not added_at_default(k, v)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def fingerprint(cfg) -> str:
-    """A run's settings in 12 hex digits, blind to what a resume may change (as a finished run is checked),
-    to the preset's name or path (its values count) and to where the data set lies (data.root)."""
-    checked = resume_checked(to_dict(cfg), (*RESUME_MAY_CHANGE, *inert_keys(cfg), "preset", "data.root"))
-    return hashlib.sha256(json.dumps(checked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A run's settings in 12 hex digits, as the older tables recorded them (what their lines are checked with)."""
+    return _old_hash(settings(cfg), type(cfg))
+
+
+def _parsed(cell: str) -> dict | None:
+    """A config[...] column's stored settings, or None where it holds none."""
+    try:
+        values = json.loads(cell)
+    except ValueError:
+        return None
+    return values if isinstance(values, dict) else None
+
+
+def _disagreement(cell: str, now: dict, schema: type) -> str | None:
+    """Why a line's config[...] column is not the settings `now`; None where they agree. Stored settings are
+    compared key by key, a key that one side lacks read as its schema default there (the first differing key
+    named, keys both sides have first); a 12-hex fingerprint (an older table's) with `_old_hash`."""
+    if _FINGERPRINT.fullmatch(cell):
+        return None if cell == _old_hash(now, schema) else f"its settings fingerprint {cell} (an older table's) is not today's"
+    table = _parsed(cell)
+    if table is None:
+        return "its settings column holds neither settings nor a fingerprint"
+    defaults = schema_defaults(schema)
+    for k in sorted(set(table) | set(now), key=lambda k: (k not in table or k not in now, k)):
+        was, want = table.get(k, defaults.get(k, _ABSENT)), now.get(k, defaults.get(k, _ABSENT))
+        if was != want:
+            shown = ["not a setting" if v is _ABSENT else json.dumps(v) for v in (was, want)]
+            return f"{k} differs (table: {shown[0]}, now: {shown[1]})"
+    return None
+
+
+def _same_settings(a: str, b: str, schema: type) -> bool:
+    """Whether two config[...] columns (settings or fingerprints) record the same settings."""
+    if a == b:
+        return True
+    if _FINGERPRINT.fullmatch(a) and _FINGERPRINT.fullmatch(b):
+        return False
+    if _FINGERPRINT.fullmatch(b):
+        a, b = b, a
+    values = _parsed(b)
+    return values is not None and _disagreement(a, values, schema) is None
+
+
+def _schema(column: str) -> type:
+    """The schema of a config[...] column's run: config[search] a search's, every other a training's."""
+    return SearchRunConfig if column == "config[search]" else TrainRunConfig
 
 
 def _value(column: str, text: str):
-    """A CSV cell as the table had it: None if empty; names, genotypes and fingerprints as text, else numbers."""
+    """A CSV cell as the table had it: None if empty; names, genotypes and settings as text, else numbers."""
     if text == "":
         return None
     if column in ("row", "genotype") or column.startswith("config["):
@@ -160,15 +253,19 @@ def _value(column: str, text: str):
 class _Ledger:
     """Finished runs of earlier tables (--reuse): their ablation.csv lines by (row, seed, training seed).
 
-    A training is reused where its line has the training's results, the same genotype and (where the line
-    records one) the same settings fingerprint. A search is reused with its cell, never rerun beside its
+    A training is reused where a line has the training's results, the same genotype and (where the line
+    records them) the same settings (`_disagreement`). A search is reused with its cell, never rerun beside its
     reused trainings (its cell may come out differently on another machine); the trainings the tables
-    lack run on that cell. A line without the fingerprint (an older table) is matched on row, seeds and
-    (a training) genotype alone."""
+    lack run on that cell. A line without settings (an older table) is matched on row, seeds and (a training)
+    genotype alone. Lines of one run in several files are merged where their settings agree, each adding its
+    columns (a value two of them give differently is refused); lines with other settings are kept apart, and
+    the first whose settings match is taken. Every line refused is logged (`log`) with the reason."""
 
-    def __init__(self, paths: list[Path], flag: str = "--reuse"):
-        self.lines: dict[tuple, dict] = {}
+    def __init__(self, paths: list[Path], flag: str = "--reuse", log: Callable[[str], None] | None = None):
+        self.lines: dict[tuple, list[dict]] = {}  # per run, its lines of distinct settings
         self.flag = flag
+        self.log = log or (lambda _msg: None)
+        self._said: set[str] = set()
         for path in paths:
             try:
                 with open(path, newline="") as f:
@@ -185,44 +282,78 @@ class _Ledger:
                 raise NGEError(f"{flag} {path}: {e.strerror or e}") from None
             except (csv.Error, UnicodeDecodeError) as e:
                 raise NGEError(f"{flag} {path}: not a readable CSV file ({e})") from None
-        self.unchecked: set[tuple] = set()  # reused lines that record no fingerprint for what was taken
+        self.unchecked: set[tuple] = set()  # reused lines that record no settings for what was taken
+
+    def rows(self) -> list[dict]:
+        return [line for group in self.lines.values() for line in group]
 
     def _add(self, path: Path, line: dict) -> None:
-        """Lines of one (row, seed, training seed) in several files are merged: each adds its columns."""
+        """A line joins the line of the same run whose settings agree (adding its columns), else stands apart."""
         key = line["row"], line["seed"], line["train_seed"]
-        old = self.lines.setdefault(key, {})
+        group = self.lines.setdefault(key, [])
+        old = next((o for o in group if all(_same_settings(o[k], v, _schema(k)) for k, v in line.items()
+                                            if k.startswith("config[") and v is not None and o.get(k) is not None)), None)
+        if old is None:
+            group.append({k: v for k, v in line.items() if v is not None})
+            return
         for k, v in line.items():
             if v is None:
+                continue
+            if k.startswith("config[") and old.get(k) is not None:  # the same settings: stored ones win over a fingerprint
+                old[k] = v if _FINGERPRINT.fullmatch(old[k]) else old[k]
                 continue
             if old.get(k) is not None and old[k] != v and not (v != v and old[k] != old[k]):  # nan equals nan here
                 raise NGEError(f"{self.flag} {path}: {key[0]}, seed {key[1]}, training seed {key[2]} has {k} = {v}, "
                                f"another file {old[k]}; reuse one of them")
             old[k] = v
 
-    def _line(self, row: str, seed: int, t: int, column: str, cfg) -> dict | None:
-        line = self.lines.get((row, seed, train_seed(seed, t)))
-        if line is None:
-            return None
-        saved = line.get(f"config[{column}]")
-        return line if saved is None or saved == fingerprint(cfg) else None
+    def _say(self, msg: str) -> None:
+        if msg not in self._said:
+            self._said.add(msg)
+            self.log(msg)
+
+    def _line(self, row: str, seed: int, t: int, column: str, cfg, what: str, refuse: Callable[[dict], str | None],
+              threads: bool = False) -> dict | None:
+        """The first line of the run that `refuse` lets through ("": not this run's kind of line, silently) and
+        whose settings in config[column] are cfg's (where it records them); each line refused is logged."""
+        now = None
+        for line in self.lines.get((row, seed, train_seed(seed, t)), ()):
+            why = refuse(line)
+            saved = line.get(f"config[{column}]")
+            if why is None and saved is not None:
+                now = settings(cfg, threads) if now is None else now
+                why = _disagreement(saved, now, type(cfg))
+            if why is None:
+                return line
+            if why:
+                self._say(f"nge ablate: {row}, seed {seed}: {what} not reused: {why}")
+        return None
 
     def training(self, row: str, seed: int, t: int, tp: str, cfg, genotype: Genotype) -> dict | None:
         """The training's result as its summary.json gives it, or None."""
-        line = self._line(row, seed, t, tp, cfg)
-        if (line is None or line.get(f"test_acc[{tp}]") is None
-                or Genotype.from_dict(json.loads(line["genotype"])) != genotype):
+        def refuse(line: dict) -> str | None:
+            if line.get(f"test_acc[{tp}]") is None:
+                return ""
+            return None if Genotype.from_dict(json.loads(line["genotype"])) == genotype else "it trained another cell"
+
+        what = f"training {tp}" + (f" (training seed {train_seed(seed, t)})" if t else "")
+        line = self._line(row, seed, t, tp, cfg, what, refuse)
+        if line is None:
             return None
         keys = {"final_test_acc": "test_acc", "final_val_acc": "val_acc", "train_loss_sum": "tse",
                 "wall_seconds": "train_seconds", "cpu_seconds": "cpu_seconds", "params": "params"}
         found = {k: line[f"{c}[{tp}]"] for k, c in keys.items() if line.get(f"{c}[{tp}]") is not None}
         return {**found, "wall_seconds": found.get("wall_seconds"), "config": line.get(f"config[{tp}]")}
 
-    def search(self, row: str, seed: int, cfg) -> dict | None:
+    def search(self, row: str, seed: int, cfg, threads: bool = False) -> dict | None:
         """A search's columns of its line (genotype, search accuracy, time, telemetry), or None. A line
-        without a search fingerprint (an older table) is matched on row and seed only."""
-        line = self._line(row, seed, 0, "search", cfg)
-        if line is None or line.get("search_val_acc") is None or line.get("search_seconds") is None:
-            return None  # not a search's line (a genotype row's, or a table without the search's columns)
+        without search settings (an older table) is matched on row and seed only. `threads`: see `settings`."""
+        def refuse(line: dict) -> str | None:  # "": not a search's line (a genotype row's, or a table without them)
+            return "" if line.get("search_val_acc") is None or line.get("search_seconds") is None else None
+
+        line = self._line(row, seed, 0, "search", cfg, "search", refuse, threads)
+        if line is None:
+            return None
         found = {k: v for k, v in line.items() if k not in ("row", "seed", "train_seed") and not k.endswith("]")}
         return {**found, "config[search]": line.get("config[search]")}
 
@@ -241,7 +372,8 @@ def _run_or_resume(path: Path, run: Callable[..., dict], cfg=None, genotype_spec
 def _final_telemetry(search_dir: Path) -> dict:
     """Telemetry of the final P, read from the run's probs.jsonl (its last row)."""
     last = json.loads((search_dir / "probs.jsonl").read_text().splitlines()[-1])
-    return probs_telemetry(last["normal"], last["reduce"])
+    names = tuple(k for k in last if k != "epoch")  # the space's cell types
+    return probs_telemetry(*(last[c] for c in names), names=names)
 
 
 def _distinct_ops(genotype: Genotype) -> dict:
@@ -416,7 +548,7 @@ def _started(path: Path) -> bool:
 def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | None = None, log=print):
     """Per (row, seed), in table order: its search (None if it searches nothing), the search columns of a
     reused line (or None), its trainings by (training, t): a handle, or a reused result."""
-    total = len(acfg.rows) * acfg.seeds
+    total, own = len(acfg.rows) * acfg.seeds, _own_threads(acfg)
     for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in seed_range(acfg)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
         sdir, search, found = base / "search", None, None
@@ -430,7 +562,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
         else:
             cfg, reused_cell = configs[name, seed, "search"], base / REUSED_CELL
             started = _started(sdir) or (not reused_cell.is_file() and any(_started(d) for d in tdirs.values()))
-            found = ledger.search(name, seed, cfg) if ledger and not started else None
+            found = ledger.search(name, seed, cfg, (name, seed, "search") in own) if ledger and not started else None
             if found is not None:
                 genotype = Genotype.from_dict(json.loads(found["genotype"]))
                 trains = {(tp, t): ledger.training(name, seed, t, tp, configs[name, seed, tp, t], genotype)
@@ -499,7 +631,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
         raise NGEError("give --threads-per-run or runtime.threads, not both")
     configs = _configs(acfg, overrides, threads_per_run)
     trainings = [tr.name for tr in ablate_trainings(acfg)]
-    ledger = _Ledger([Path(p) for p in reuse]) if reuse else None
+    ledger = _Ledger([Path(p) for p in reuse], log=log) if reuse else None
     if executor == "sequential" or address is None:  # the runs read this machine's files
         _check_data(configs)  # before Ray starts, so a missing data set is one line and nothing else
     if executor == "ray":
@@ -515,7 +647,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
                            "or start without --resume")
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
-    twins = _thread_twins(acfg, configs)
+    twins, own = _thread_twins(acfg, configs), _own_threads(acfg)
     rows: list[dict] = []
     try:
         plan = _submit(acfg, configs, out.resolve() if ex.parallel else out, ex, ledger, log)
@@ -530,7 +662,8 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             elif search is not None:
                 base.update(search_val_acc=search["final_val_acc"],
                             search_seconds=search["wall_seconds"] + search.get("select_seconds", 0.0),  # + selection
-                            **_final_telemetry(sdir), **{"config[search]": fingerprint(configs[name, seed, "search"])})
+                            **_final_telemetry(sdir),
+                            **{"config[search]": _settings_cell(configs[name, seed, "search"], (name, seed, "search") in own)})
                 genotype = Genotype.from_dict(search["genotype"])
             else:
                 genotype = resolve_genotype(genotype_spec)
@@ -550,7 +683,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
                     if "cpu_seconds" in train:
                         row[f"cpu_seconds[{tr}]"] = train["cpu_seconds"]
                     row[f"params[{tr}]"] = train.get("params")
-                    row[f"config[{tr}]"] = train["config"] if "config" in train else fingerprint(configs[name, seed, tr, t])
+                    row[f"config[{tr}]"] = train["config"] if "config" in train else _settings_cell(configs[name, seed, tr, t])
                 rows.append(row)
             write_tables(rows, acfg, run, twins)  # and the picture: an interrupted table has both
             try:
@@ -581,7 +714,7 @@ def tabulate(acfg: AblateConfig, table: Path, out: Path | None = None, overrides
     a committed or interrupted table redrawn, e.g. after the tables gained a column. In `out` (with a copy
     of the CSV), else beside the CSV, which is left as it is. Returns the directory."""
     table = Path(table)
-    rows = list(_Ledger([table], "--tabulate").lines.values())
+    rows = _Ledger([table], "--tabulate").rows()
     unknown = sorted({r["row"] for r in rows} - {r.name for r in acfg.rows})
     if unknown:
         raise NGEError(f"--tabulate {table}: rows {', '.join(unknown)} are not in ablation preset {acfg.preset!r}; "

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Topology
+from nge.space import DARTS_CELL_TYPES, DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Topology
 
 
 class ArchParam(nn.Module):
@@ -22,10 +22,12 @@ class ArchParam(nn.Module):
 
     label: str
 
-    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
+                 cell_types: tuple[str, ...] = DARTS_CELL_TYPES):
         super().__init__()
         self.topology = topology
         self.n_ops = n_ops
+        self.cell_types = tuple(cell_types)
         self.shared_offset = 1.0  # see `config.ArchConfig.shared_offset`; 1 leaves the logits as they are
         self.op_bias: nn.Parameter | None = None  # see `config.ArchConfig.op_bias`; set by build_arch
         src, dst = zip(*topology.edges, strict=True)
@@ -33,7 +35,7 @@ class ArchParam(nn.Module):
         self.register_buffer("edge_dst", torch.tensor(dst), persistent=False)
 
     def logits(self) -> torch.Tensor:
-        """(2, n_edges, n_ops): row 0 the normal cell, row 1 the reduction cell."""
+        """(n_cell_types, n_edges, n_ops), cell types in `cell_types` order (DARTS: normal, reduce)."""
         raise NotImplementedError
 
     def init_logits_normal(self) -> None:
@@ -41,18 +43,17 @@ class ArchParam(nn.Module):
         raise NotImplementedError
 
     def cell_logits(self) -> torch.Tensor:
-        """The logits whose softmax over ops is P: (2, n_edges, n_ops). A search strategy that samples
+        """The logits whose softmax over ops is P: (n_cell_types, n_edges, n_ops). A search strategy that samples
         whole cells (`nge.strategies`) also reads each edge's weight from them."""
         logits = scale_shared_offset(self.logits(), self.shared_offset)
         return logits if self.op_bias is None else logits + self.op_bias
 
     def forward(self) -> CellProbs:
-        p = F.softmax(self.cell_logits(), dim=-1)
-        return CellProbs(p[0], p[1])
+        return CellProbs(*F.softmax(self.cell_logits(), dim=-1))
 
 
 def scale_shared_offset(logits: torch.Tensor, keep: float) -> torch.Tensor:
-    """logits (2, n_edges, n_ops) with their mean over the edges of each cell type scaled by `keep`."""
+    """logits (n_cell_types, n_edges, n_ops) with their mean over the edges of each cell type scaled by `keep`."""
     if keep == 1.0:
         return logits
     return logits - (1.0 - keep) * logits.mean(dim=1, keepdim=True)
@@ -90,50 +91,56 @@ class EdgeHead(nn.Module):
 class DartsAlpha(ArchParam):
     """Baseline (DARTS, docs/paper.md section 5 Table 4): P = softmax of free per-edge logits.
 
-    alpha_normal, alpha_reduce: (|E| x O) parameters, initialised 1e-3 * randn as in DARTS.
+    alpha_<cell type> (alpha_normal, alpha_reduce in DARTS's space): (|E| x O) parameters, initialised
+    1e-3 * randn as in DARTS.
     """
 
     label = "Baseline (DARTS)"
 
-    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES)):
-        super().__init__(topology, n_ops)
-        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(topology.n_edges, n_ops))
-        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(topology.n_edges, n_ops))
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
+                 cell_types: tuple[str, ...] = DARTS_CELL_TYPES):
+        super().__init__(topology, n_ops, cell_types)
+        for c in self.cell_types:
+            self.register_parameter(f"alpha_{c}", nn.Parameter(1e-3 * torch.randn(topology.n_edges, n_ops)))
+
+    def alphas(self) -> list[nn.Parameter]:
+        return [getattr(self, f"alpha_{c}") for c in self.cell_types]
 
     def logits(self) -> torch.Tensor:
-        return torch.stack([self.alpha_normal, self.alpha_reduce])
+        return torch.stack(self.alphas())
 
     def init_logits_normal(self) -> None:
         with torch.no_grad():
-            self.alpha_normal.normal_()
-            self.alpha_reduce.normal_()
+            for a in self.alphas():
+                a.normal_()
 
 
 class NodeEmbeddingParam(ArchParam):
     """Shared base of NGE, Plain and RNN: node embeddings X -> Z (subclass) -> `EdgeHead` -> logits.
 
-    Holds X_normal, X_reduce: (|V| x D) learnable, initialised one-hot (X[v, v] = 1). Subclasses
+    Holds X_<cell type> (X_normal, X_reduce): (|V| x D) learnable, initialised one-hot (X[v, v] = 1). Subclasses
     implement `node_embeddings()` and assign `self.head` (an `EdgeHead`) after their own layers, so
     that a seeded init draws the random numbers in the same order as before this base existed.
     """
 
     head: EdgeHead
 
-    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES), node_dim: int = 64):
-        super().__init__(topology, n_ops)
+    def __init__(self, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES), node_dim: int = 64,
+                 cell_types: tuple[str, ...] = DARTS_CELL_TYPES):
+        super().__init__(topology, n_ops, cell_types)
         n = topology.n_graph_nodes
         if node_dim < n:
             raise ValueError(f"node_dim must be at least |V| = {n} for a one-hot init, got {node_dim}")
         one_hot = torch.eye(n, node_dim)
-        self.x_normal = nn.Parameter(one_hot.clone())
-        self.x_reduce = nn.Parameter(one_hot.clone())
+        for c in self.cell_types:
+            self.register_parameter(f"x_{c}", nn.Parameter(one_hot.clone()))
 
     def node_inputs(self) -> torch.Tensor:
-        """X for both cell types: (2, |V|, D)."""
-        return torch.stack([self.x_normal, self.x_reduce])
+        """X for every cell type: (n_cell_types, |V|, D)."""
+        return torch.stack([getattr(self, f"x_{c}") for c in self.cell_types])
 
     def node_embeddings(self) -> torch.Tensor:
-        """Z: (2, |V|, F), both cell types at once."""
+        """Z: (n_cell_types, |V|, F), every cell type at once."""
         raise NotImplementedError
 
     def logits(self) -> torch.Tensor:
@@ -165,8 +172,9 @@ class NGE(NodeEmbeddingParam):
         out_dim: int = 64,
         edge_hidden: int = 64,
         edge_dim: int = 64,
+        cell_types: tuple[str, ...] = DARTS_CELL_TYPES,
     ):
-        super().__init__(topology, n_ops, node_dim)
+        super().__init__(topology, n_ops, node_dim, cell_types)
         n = topology.n_graph_nodes
         a = torch.tensor(topology.adjacency())
         self.register_buffer("a_hat", a + torch.eye(n), persistent=False)
@@ -201,8 +209,9 @@ class Plain(NodeEmbeddingParam):
         out_dim: int = 64,
         edge_hidden: int = 64,
         edge_dim: int = 64,
+        cell_types: tuple[str, ...] = DARTS_CELL_TYPES,
     ):
-        super().__init__(topology, n_ops, node_dim)
+        super().__init__(topology, n_ops, node_dim, cell_types)
         self.proj = nn.Linear(node_dim, out_dim, bias=False)
         _normal_init(self.proj, math.sqrt(2.0))
         self.head = EdgeHead(out_dim, edge_hidden, edge_dim, n_ops)
@@ -233,12 +242,13 @@ class RNN(Plain):
         edge_hidden: int = 64,
         edge_dim: int = 64,
         rnn_layers: int = 2,
+        cell_types: tuple[str, ...] = DARTS_CELL_TYPES,
     ):
-        super().__init__(topology, n_ops, node_dim, out_dim, edge_hidden, edge_dim)
+        super().__init__(topology, n_ops, node_dim, out_dim, edge_hidden, edge_dim, cell_types)
         self.rnn = nn.GRU(out_dim, out_dim, num_layers=rnn_layers, bias=False, batch_first=True)
 
     def node_embeddings(self) -> torch.Tensor:
-        out, _ = self.rnn(super().node_embeddings())  # (2 cell types, |V| nodes in order, F)
+        out, _ = self.rnn(super().node_embeddings())  # (cell types, |V| nodes in order, F)
         return out
 
 
@@ -253,18 +263,20 @@ ARCH_PARAMS: dict[str, type[ArchParam]] = {
 
 
 def build_arch(name: str, topology: Topology = DEFAULT_TOPOLOGY, n_ops: int = len(PRIMITIVES),
-               init: str = "uniform", shared_offset: float = 1.0, op_bias: bool = False) -> ArchParam:
-    """A parameterisation by name; `init`, `shared_offset` and `op_bias` as `config.ArchConfig` describes them."""
+               init: str = "uniform", shared_offset: float = 1.0, op_bias: bool = False,
+               cell_types: tuple[str, ...] = DARTS_CELL_TYPES) -> ArchParam:
+    """A parameterisation by name for a space's topology, op count and cell types; `init`,
+    `shared_offset` and `op_bias` as `config.ArchConfig` describes them."""
     try:
         factory = ARCH_PARAMS[name]
     except KeyError:
         raise ValueError(f"unknown parameterisation '{name}' (known: {', '.join(ARCH_PARAMS)})") from None
-    arch = factory(topology=topology, n_ops=n_ops)
+    arch = factory(topology=topology, n_ops=n_ops, cell_types=tuple(cell_types))
     if init == "normal":
         arch.init_logits_normal()
     elif init != "uniform":
         raise ValueError(f"unknown init '{init}' (known: uniform, normal)")
     arch.shared_offset = shared_offset
     if op_bias:  # one logit per cell type and op, shared by the edges (zero: P unchanged at the start)
-        arch.op_bias = nn.Parameter(torch.zeros(2, 1, n_ops))
+        arch.op_bias = nn.Parameter(torch.zeros(len(arch.cell_types), 1, n_ops))
     return arch

@@ -34,9 +34,9 @@ from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.profile import count_params
 from nge.space import CellProbs, Genotype
+from nge.spaces import get_space
 from nge.strategies import STRATEGIES
-from nge.supernet import build_supernet
-from nge.telemetry import op_counts, probs_telemetry
+from nge.telemetry import probs_telemetry
 
 
 class SearchTask:
@@ -45,9 +45,11 @@ class SearchTask:
             raise NGEError(f"search.strategy={cfg.search.strategy} runs in one process; start it without torchrun")
         self.cfg = cfg
         self.device = device
-        self.net = build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
+        self.space = sp = get_space(cfg.search.space)
+        self.net = sp.build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
         w, a = cfg.search.weights, cfg.search.arch
-        self.arch: ArchParam = build_arch(a.name, init=a.init, shared_offset=a.shared_offset, op_bias=a.op_bias).to(device)
+        self.arch: ArchParam = build_arch(a.name, sp.topology, len(sp.primitives), init=a.init, shared_offset=a.shared_offset,
+                                          op_bias=a.op_bias, cell_types=sp.cell_types).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.weight_params = list(self.net.parameters())
@@ -69,8 +71,7 @@ class SearchTask:
 
     @torch.no_grad()
     def probs(self) -> CellProbs:
-        p = self.arch()
-        return CellProbs(p.normal.float().cpu(), p.reduce.float().cpu())
+        return CellProbs(*(p.float().cpu() for p in self.arch()))
 
     def _forward(self, net: torch.nn.Module, x: torch.Tensor, probs: CellProbs) -> torch.Tensor:
         with autocast(self.device, self.cfg.runtime.amp):
@@ -105,7 +106,10 @@ class SearchTask:
         self.p_history.append(self.probs())
         check_same_everywhere(torch.cat([p.flatten() for p in self.p_history[-1]]), "P")
         return {**meters["train"].result("train"), **meters["val"].result("val"), "lr": self.lr,
-                **probs_telemetry(*self.p_history[-1]), **self.strategy.end_epoch()}
+                **self.telemetry(self.p_history[-1]), **self.strategy.end_epoch()}
+
+    def telemetry(self, probs: CellProbs) -> dict:
+        return probs_telemetry(*probs, names=self.space.cell_types)
 
     def state_dict(self) -> dict:
         return {
@@ -113,7 +117,7 @@ class SearchTask:
             "arch": self.arch.state_dict(),
             "weight_opt": self.weight_opt.state_dict(),
             "arch_opt": self.arch_opt.state_dict(),
-            "p_history": [[p.normal, p.reduce] for p in self.p_history],
+            "p_history": [list(p) for p in self.p_history],
             "strategy": self.strategy.state_dict(),
         }
 
@@ -122,7 +126,7 @@ class SearchTask:
         self.arch.load_state_dict(state["arch"])
         self.weight_opt.load_state_dict(state["weight_opt"])
         self.arch_opt.load_state_dict(state["arch_opt"])
-        self.p_history = [CellProbs(n, r) for n, r in state["p_history"]]
+        self.p_history = [CellProbs(*p) for p in state["p_history"]]
         self.strategy.load_state_dict(state["strategy"])
 
     def genotype(self) -> Genotype:
@@ -182,42 +186,60 @@ class SearchJob(Job):
                 f"supernet {count_params(task.net):,} params, {self.cfg.search.arch.name} {count_params(task.arch):,} params")
 
     def finish(self, task: SearchTask, metrics: list[dict], run: RunDir, log) -> dict:
-        genotype = task.genotype()
+        genotype, sp = task.genotype(), task.space
         run.write_text("genotype.json", genotype.to_json() + "\n")
-        run.write_jsonl("probs.jsonl", [
-            {"epoch": e, "normal": p.normal, "reduce": p.reduce} for e, p in enumerate(task.p_history)
-        ])
-        viz.plot_cell(genotype.normal, "normal cell", run.file("normal.png"))
-        viz.plot_cell(genotype.reduce, "reduction cell", run.file("reduce.png"))
-        viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"))
+        run.write_jsonl("probs.jsonl", [{"epoch": e, **dict(zip(sp.cell_types, p, strict=True))}
+                                        for e, p in enumerate(task.p_history)])
+        for c, cell in sp.cells(genotype).items():
+            title = {"normal": "normal cell", "reduce": "reduction cell"}.get(c, f"{sp.name} cell")
+            if sp.name == "darts":
+                viz.plot_cell(cell, title, run.file(f"{c}.png"))
+            else:
+                viz.plot_edge_cell(cell.edges(), sp.topology.n_graph_nodes, f"{title}: {cell}", run.file(f"{c}.png"))
+        viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"), primitives=sp.primitives,
+                                   cell_types=sp.cell_types, topology=sp.topology)
         viz.plot_curves(metrics, run.file("curves.png"))
-        viz.plot_telemetry([probs_telemetry(*p) for p in task.p_history], run.file("telemetry.png"))
+        viz.plot_telemetry([task.telemetry(p) for p in task.p_history], run.file("telemetry.png"), sp.cell_types,
+                           len(sp.primitives))
         last = metrics[-1] if metrics else {}
-        counts = {"normal": op_counts(genotype.normal), "reduce": op_counts(genotype.reduce)}
+        counts = sp.op_counts(genotype)
         line = "; ".join(f"{c}: " + ", ".join(f"{n} {op}" for op, n in counts[c].items()) for c in counts)
+        truth = {}
+        if sp.has_ground_truth:
+            from nge.spaces.nb201_table import lookup
+
+            truth = {"ground_truth": lookup(genotype)}
         log(f"genotype written to {run.file('genotype.json')} ({line}); final val acc {last.get('val_acc')}")
+        if truth:
+            g = truth["ground_truth"]
+            log(f"ground truth (NAS-Bench-201, 200 epochs) of {g['cell']}: CIFAR-10 {g['cifar10']['accuracy']:.2f} "
+                f"(rank {g['cifar10']['rank']} of 15,625), CIFAR-100 {g['cifar100']['accuracy']:.2f}, "
+                f"ImageNet16-120 {g['imagenet16-120']['accuracy']:.2f}")
         return {
+            "space": sp.name,
             "arch": str(self.cfg.search.arch.name),
             "strategy": str(self.cfg.search.strategy),
             "params": count_params(task.net),
             "arch_params": count_params(task.arch),
             "genotype": genotype.to_dict(),
             "op_counts": counts,
-            "telemetry": probs_telemetry(*task.p_history[-1]),
+            "telemetry": task.telemetry(task.p_history[-1]),
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
             **({"classes": list(self.data.classes)} if self.data.classes else {}),
             **task.strategy.finish(run, log),
+            **truth,
         }
 
 
     def tensorboard_epoch(self, writer, task: SearchTask, epoch: int) -> None:
-        writer.add_figure("P", viz.probs_figure(task.p_history[-1:], 1, first_epoch=epoch), epoch)
+        sp = task.space
+        writer.add_figure("P", viz.probs_figure(task.p_history[-1:], 1, sp.primitives, epoch, sp.cell_types, sp.topology), epoch)
 
     def tensorboard_end(self, writer, task: SearchTask, run: RunDir, epochs: int) -> None:
         from PIL import Image
 
-        for cell in ("normal", "reduce"):  # the derived cells, as drawn in the run directory
+        for cell in task.space.cell_types:  # the derived cells, as drawn in the run directory
             image = np.asarray(Image.open(run.file(f"{cell}.png")).convert("RGB"))
             writer.add_image(f"cells/{cell}", image, epochs, dataformats="HWC")
         writer.add_text("genotype", task.genotype().to_json().replace("\n", "  \n"), epochs)

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from nge.errors import NGEError
 from nge.ops import PRIMITIVES
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 NUM_INPUTS = 2  # outputs of the two previous cells
 NUM_NODES = 4  # intermediate nodes per cell
 NUM_GRAPH_NODES = NUM_INPUTS + NUM_NODES  # |V| = 6; the output node is not a graph node
+DARTS_CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,29 @@ DEFAULT_TOPOLOGY = Topology()
 CellGenotype = tuple[tuple[str, int], ...]
 
 
-class CellProbs(NamedTuple):
-    """P, the operation probabilities of both cell types: (n_edges, n_ops) tensors whose rows sum
-    to 1, rows in `Topology.edges` order, columns in `PRIMITIVES` order."""
+class CellProbs(tuple):
+    """P, the operation probabilities of every cell type of a space: one (n_edges, n_ops) tensor per
+    type whose rows sum to 1, rows in `Topology.edges` order, columns in the space's op order. The
+    DARTS space has two types (`normal`, `reduce`), NAS-Bench-201 one."""
 
-    normal: torch.Tensor
-    reduce: torch.Tensor
+    def __new__(cls, *cells: torch.Tensor) -> CellProbs:
+        return super().__new__(cls, cells)
+
+    def __getnewargs__(self) -> tuple:  # pickling and copying call __new__ with the cells
+        return tuple(self)
+
+    @property
+    def normal(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def reduce(self) -> torch.Tensor:
+        if len(self) < 2:
+            raise AttributeError("this space has one cell type: no reduction cell")
+        return self[1]
 
     def detach(self) -> CellProbs:
-        return CellProbs(self.normal.detach(), self.reduce.detach())
+        return CellProbs(*(p.detach() for p in self))
 
 
 @dataclass(frozen=True)

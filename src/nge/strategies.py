@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from nge.derive import derive, derive_cell
 from nge.engine import Meter, Phase, RunDir, Zipped
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, CellProbs, Genotype, Topology
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
     from nge.arch import ArchParam
     from nge.config import SearchRunConfig
     from nge.data import BatchLoader
+    from nge.spaces import Space
 
 # ---------------------------------------------------------------------------- the policy over cells
 
@@ -308,34 +308,30 @@ class Population:
 # ---------------------------------------------------------------------------- the strategies
 
 
-def perturbation_importance(loss: Callable[[CellProbs], float], probs: CellProbs) -> dict:
+def perturbation_importance(loss: Callable[[CellProbs], float], probs: CellProbs,
+                            cell_types: tuple[str, ...] = ("normal", "reduce")) -> dict:
     """DARTS-PT's importances (Wang et al. 2021), from the validation loss of the supernet under P
     (`loss`): for each cell type, an op's importance is how much the loss rises when that one entry
     P[e, k] is set to 0 (the op masked out of its edge, P not renormalised), an edge's when its whole
-    row is. One call for P plus 2 x n_edges x (n_ops + 1), each on the same batches."""
+    row is. One call for P plus n_cell_types x n_edges x (n_ops + 1), each on the same batches.
+    `cell_types` names the matrices of P (the keys of the result)."""
     base = loss(probs)
     out: dict = {"base_loss": base}
-    for cell in ("normal", "reduce"):
-        p = getattr(probs, cell)
+    for c, cell in enumerate(cell_types):
+        p = probs[c]
         ops = torch.zeros(p.shape, dtype=torch.float64)
         edges = torch.zeros(p.shape[0], dtype=torch.float64)
         for e in range(p.shape[0]):
             for k in range(-1, p.shape[1]):  # -1: the whole edge
                 q = p.clone()
                 q[e, k if k >= 0 else slice(None)] = 0
-                rise = loss(probs._replace(**{cell: q})) - base
+                rise = loss(CellProbs(*probs[:c], q, *probs[c + 1:])) - base
                 if k >= 0:
                     ops[e, k] = rise
                 else:
                     edges[e] = rise
         out[cell] = {"ops": ops, "edges": edges}
     return out
-
-
-def importance_genotype(importance: dict) -> Genotype:
-    """Each node keeps its two most important incoming edges, each with its most important op."""
-    cells = {c: derive_cell(importance[c]["ops"], strength=importance[c]["edges"]) for c in ("normal", "reduce")}
-    return _genotype(cells["normal"], cells["reduce"], DEFAULT_TOPOLOGY)
 
 
 def first_batches(loader: BatchLoader, n: int) -> list:
@@ -348,6 +344,7 @@ class Search(Protocol):
     parameterisation, the loaders, P's history and the task's steps."""
 
     cfg: SearchRunConfig
+    space: Space
     arch: ArchParam
     train_loader: BatchLoader
     val_loader: BatchLoader
@@ -402,13 +399,14 @@ class Gradient:
         t = self.task
         p = t.p_history[-1]
         if t.cfg.search.select == "argmax":
-            return derive(p.normal, p.reduce)
+            return t.space.derive(p)
         if self.importance is None:  # measured once, after the last epoch
             start = time.perf_counter()
             batches = first_batches(t.val_loader, t.cfg.search.select_batches)
-            self.importance = perturbation_importance(lambda q: t.loss(batches, q), CellProbs(*(x.to(t.device) for x in p)))
+            self.importance = perturbation_importance(lambda q: t.loss(batches, q), CellProbs(*(x.to(t.device) for x in p)),
+                                                      t.space.cell_types)
             self.select_seconds = time.perf_counter() - start
-        return importance_genotype(self.importance)
+        return t.space.from_importance(self.importance)
 
     def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
         """Writes the strategy's own files, logs its lines; returns its summary fields."""
@@ -417,13 +415,18 @@ class Gradient:
             return {}
         self.genotype()  # measures the importances if nothing has yet
         p = t.p_history[-1]
-        imp = {c: {k: v.tolist() for k, v in self.importance[c].items()} for c in ("normal", "reduce")}
+        imp = {c: {k: v.tolist() for k, v in self.importance[c].items()} for c in t.space.cell_types}
         run.write_text("importance.json", json.dumps({"base_loss": self.importance["base_loss"], **imp}, indent=1) + "\n")
         n = 1 + sum(x.numel() + x.shape[0] for x in p)  # P itself, then every op and every edge masked
         log(f"perturbation selection: {n} supernet validations on {t.cfg.search.select_batches} batches in "
             f"{self.select_seconds:.0f} s; importances in {run.file('importance.json')}")
-        argmax = derive(p.normal, p.reduce)
-        return {"select_seconds": self.select_seconds, "argmax_genotype": argmax.to_dict()}
+        argmax = t.space.derive(p)
+        out = {"select_seconds": self.select_seconds, "argmax_genotype": argmax.to_dict()}
+        if t.space.has_ground_truth:
+            from nge.spaces.nb201_table import lookup
+
+            out["argmax_ground_truth"] = lookup(argmax)
+        return out
 
     def state_dict(self) -> dict:
         return {}

@@ -43,10 +43,10 @@ def cell_telemetry(p: torch.Tensor | Sequence[Sequence[float]]) -> dict[str, flo
     }
 
 
-def probs_telemetry(p_normal, p_reduce) -> dict[str, float | int]:
-    """`cell_telemetry` of both cell types, keys prefixed `normal_` and `reduce_`."""
+def probs_telemetry(*cells, names: Sequence[str] = ("normal", "reduce")) -> dict[str, float | int]:
+    """`cell_telemetry` of every cell type's P, keys prefixed with the type's name (`normal_`, `reduce_`)."""
     out: dict[str, float | int] = {}
-    for name, p in (("normal", p_normal), ("reduce", p_reduce)):
+    for name, p in zip(names, cells, strict=True):
         out.update({f"{name}_{k}": v for k, v in cell_telemetry(p).items()})
     return out
 

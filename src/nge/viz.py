@@ -21,8 +21,11 @@ from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, Topology  # no
 
 
 def _op_colour(op: str) -> tuple[float, ...] | str:
-    """A colour per candidate op, by its position in `PRIMITIVES` (black for an unknown name)."""
-    return matplotlib.colormaps["tab10"](PRIMITIVES.index(op) % 10) if op in PRIMITIVES else "black"
+    """A colour per candidate op, by its position in `_COLOURED` (black for an unknown name)."""
+    return matplotlib.colormaps["tab10"](_COLOURED.index(op) % 10) if op in _COLOURED else "black"
+
+
+_COLOURED = (*PRIMITIVES, "nor_conv_1x1", "nor_conv_3x3", "none")  # the DARTS ops, then NAS-Bench-201's others
 
 
 def _bezier(p0: tuple[float, float], p1: tuple[float, float], rad: float, n: int = 40) -> np.ndarray:
@@ -196,31 +199,35 @@ def edge_labels(topology: Topology = DEFAULT_TOPOLOGY) -> list[str]:
 
 
 def plot_probs_over_epochs(history: Sequence, path: Path, max_panels: int = 6,
-                           primitives: Sequence[str] = PRIMITIVES) -> None:
-    """Heatmaps of P (edges x ops) for both cell types at evenly spaced epochs (0 = initial)."""
-    fig = probs_figure(history, max_panels, primitives)
+                           primitives: Sequence[str] = PRIMITIVES, cell_types: Sequence[str] = ("normal", "reduce"),
+                           topology: Topology = DEFAULT_TOPOLOGY) -> None:
+    """Heatmaps of P (edges x ops) for every cell type at evenly spaced epochs (0 = initial)."""
+    fig = probs_figure(history, max_panels, primitives, cell_types=cell_types, topology=topology)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def probs_figure(history: Sequence, max_panels: int = 6, primitives: Sequence[str] = PRIMITIVES,
-                 first_epoch: int = 0):
+                 first_epoch: int = 0, cell_types: Sequence[str] = ("normal", "reduce"),
+                 topology: Topology = DEFAULT_TOPOLOGY):
     """The figure of `plot_probs_over_epochs` (history[i] is P after epoch first_epoch + i)."""
     n = len(history)
     idx = sorted({round(i * (n - 1) / max(1, max_panels - 1)) for i in range(min(n, max_panels))})
-    fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx) + 1, 9), squeeze=False,
-                             gridspec_kw={"hspace": 0.55})
-    top = max(float(h[k].max()) for h in history for k in (0, 1))  # P stays near 1/O early on
+    rows = len(cell_types)
+    fig, axes = plt.subplots(rows, len(idx), figsize=(2.6 * len(idx) + 1, 4.5 * rows * max(0.5, topology.n_edges / 14)),
+                             squeeze=False, gridspec_kw={"hspace": 0.55})
+    top = max(float(h[k].max()) for h in history for k in range(rows))  # P stays near 1/O early on
     im = None
+    labels = edge_labels(topology)
     for c, e in enumerate(idx):
-        for r, (name, p) in enumerate((("normal", history[e][0]), ("reduce", history[e][1]))):
+        for r, name in enumerate(cell_types):
+            p = history[e][r]
             ax = axes[r][c]
             im = ax.imshow(p.numpy() if hasattr(p, "numpy") else p, vmin=0, vmax=top, cmap="viridis",
                            aspect="auto")
             ax.set_title(f"{name}, epoch {first_epoch + e}", fontsize=9)
             ax.set_xticks(range(len(primitives)), [op.replace("_", " ") for op in primitives], rotation=90, fontsize=7)
-            ax.set_yticks(range(len(edge_labels())), edge_labels() if c == 0 else [""] * len(edge_labels()),
-                          fontsize=7)
+            ax.set_yticks(range(len(labels)), labels if c == 0 else [""] * len(labels), fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.6, label="operation probability")
     return fig
 
@@ -253,19 +260,20 @@ _TELEMETRY_TITLES = {
 }
 
 
-def plot_telemetry(rows: Sequence[dict], path: Path) -> None:
-    """The search telemetry (`nge.telemetry`) of both cell types per epoch, epoch 0 = initial P."""
+def plot_telemetry(rows: Sequence[dict], path: Path, cell_types: Sequence[str] = ("normal", "reduce"),
+                   n_ops: int = len(PRIMITIVES)) -> None:
+    """The search telemetry (`nge.telemetry`) of every cell type per epoch, epoch 0 = initial P."""
     keys = list(_TELEMETRY_TITLES)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2))
     epochs = range(len(rows))
     for ax, key in zip(axes, keys, strict=True):
-        for cell, style in (("normal", "-o"), ("reduce", "--s")):
+        for cell, style in zip(cell_types, ("-o", "--s"), strict=False):
             ax.plot(epochs, [r[f"{cell}_{key}"] for r in rows], style, ms=3, label=cell)
         ax.set_title(_TELEMETRY_TITLES[key], fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[2].set_ylim(0, len(PRIMITIVES) + 0.5)
+    axes[2].set_ylim(0, n_ops + 0.5)
     for ax in (axes[0], axes[3]):
         ax.set_ylim(0, 1.05)
     axes[0].legend(fontsize=8)
@@ -324,3 +332,30 @@ def plot_ablation(rows: Sequence[dict], names: Sequence[str], train_presets: Seq
         tmp.replace(path)
     finally:
         plt.close(fig)
+
+
+def plot_edge_cell(edges: Sequence[tuple[int, int, str]], n_nodes: int, title: str, path: Path) -> None:
+    """A cell given as (source, target, op) edges over nodes 0..n_nodes-1 (node 0 the input, the last
+    the output; NAS-Bench-201's): nodes on a line, each edge an arc in its op's colour, labelled. Edges
+    whose op is `none` are drawn dotted grey."""
+    fig, ax = plt.subplots(figsize=(2.2 * n_nodes, 3.2))
+    for s, t, op in edges:
+        h = 0.35 * (t - s)
+        xs = np.linspace(s, t, 40)
+        ys = h * np.sin(np.pi * (xs - s) / (t - s)) * (1 if (s + t) % 2 else -1)
+        none = op == "none"
+        ax.plot(xs, ys, ":" if none else "-", color="0.7" if none else _op_colour(op), lw=1.5 if none else 2.5)
+        ax.text((s + t) / 2, ys[20], op.replace("_", " "), ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.8"})
+    for v in range(n_nodes):
+        name = "in" if v == 0 else ("out" if v == n_nodes - 1 else str(v))
+        ax.add_patch(plt.Circle((v, 0), 0.13, fc="#dbe9f6", ec="0.3", zorder=3))
+        ax.text(v, 0, name, ha="center", va="center", fontsize=9, zorder=4)
+    ax.set_xlim(-0.4, n_nodes - 0.6)
+    ax.set_ylim(-0.4 * n_nodes / 2 - 0.3, 0.4 * n_nodes / 2 + 0.3)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Search spaces: the one table `SPACES`, name -> `Space`.
+
+A space bundles what the layers above it need to know of a cell: its topology (edge order, the row
+order of P), its ops (the column order), its cell types (the matrices of P), its genotype type, how
+P becomes a genotype, a uniform random cell, and its networks. Everything above this package asks
+the space; nothing else knows 14 edges, 7 ops or two cell types. Modules: `nge.space` and
+`nge.supernet` / `nge.evalnet` hold the DARTS space, `nge.spaces.nb201` NAS-Bench-201's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nge import derive as _derive
+from nge.errors import NGEError
+from nge.space import DARTS_CELL_TYPES, DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Genotype, Topology, random_genotype
+from nge.spaces import nb201
+from nge.supernet import build_supernet as _darts_supernet
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    topology: Topology
+    primitives: tuple[str, ...]
+    cell_types: tuple[str, ...]
+    derive: Callable[[CellProbs], Any]  # P -> genotype, the paper's argmax rule for the space
+    # per-cell {"ops": (E, O) importances, "edges": (E,) importances} -> genotype (perturbation selection)
+    from_importance: Callable[[dict], Any]
+    random_genotype: Callable[[int], Any]
+    build_supernet: Callable[..., torch.nn.Module]  # (model config, in_channels, num_classes, device)
+    has_ground_truth: bool = False  # a table of every cell's fully trained accuracy
+
+    def cells(self, genotype) -> dict[str, Any]:
+        """The genotype's cell of each cell type, by name (for counts and pictures)."""
+        if self.name == "darts":
+            return {"normal": genotype.normal, "reduce": genotype.reduce}
+        return {"cell": genotype}
+
+    def op_counts(self, genotype) -> dict[str, dict[str, int]]:
+        """How often each op appears in each cell type (ops that do not appear are left out), in op order."""
+        out = {}
+        for c, cell in self.cells(genotype).items():
+            ops = [op for op, _ in cell] if self.name == "darts" else list(cell.ops)
+            out[c] = {op: ops.count(op) for op in self.primitives if op in ops}
+        return out
+
+
+def _darts_from_importance(importance: dict) -> Genotype:
+    cells = {c: _derive.derive_cell(importance[c]["ops"], strength=importance[c]["edges"]) for c in DARTS_CELL_TYPES}
+    concat = tuple(range(DEFAULT_TOPOLOGY.n_inputs, DEFAULT_TOPOLOGY.n_graph_nodes))
+    return Genotype(cells["normal"], concat, cells["reduce"], concat)
+
+
+def _nb201_supernet(model: Any, in_channels: int, num_classes: int, device: torch.device | None = None) -> torch.nn.Module:
+    return nb201.Nb201SuperNet(C=model.C, N=model.layers, num_classes=num_classes, in_channels=in_channels)
+
+
+SPACES: dict[str, Space] = {
+    "darts": Space(
+        name="darts", topology=DEFAULT_TOPOLOGY, primitives=PRIMITIVES, cell_types=DARTS_CELL_TYPES,
+        derive=lambda p: _derive.derive(p[0], p[1]), from_importance=_darts_from_importance,
+        random_genotype=random_genotype, build_supernet=_darts_supernet,
+    ),
+    "nb201": Space(
+        name="nb201", topology=nb201.TOPOLOGY, primitives=nb201.PRIMITIVES, cell_types=nb201.CELL_TYPES,
+        derive=lambda p: nb201.derive(p[0]), from_importance=lambda imp: nb201.derive(imp["cell"]["ops"]),
+        random_genotype=nb201.random_genotype, build_supernet=_nb201_supernet, has_ground_truth=True,
+    ),
+}
+
+
+def get_space(name: str) -> Space:
+    try:
+        return SPACES[str(name)]
+    except KeyError:
+        raise NGEError(f"unknown search space '{name}' (known: {', '.join(SPACES)})") from None
+
+
+def space_of(genotype) -> Space:
+    return SPACES["nb201" if isinstance(genotype, nb201.Nb201Genotype) else "darts"]
