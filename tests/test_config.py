@@ -37,6 +37,37 @@ def test_bad_keys_and_types_are_one_line_errors(overrides, fragment):
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("overrides", [["a\nb=1"], {"a\nb": 1}, ["search.epochs=1", "x\u2028y=2"]])
+def test_a_key_with_a_line_break_is_shown_quoted_in_one_line(overrides):
+    """A Hypothesis draw once cut the message at the key's own line break."""
+    key = "a\nb" if "a\nb=1" in overrides or "a\nb" in overrides else "x\u2028y"
+    with pytest.raises(NGEError) as e:
+        load_config(SearchRunConfig, "search", "smoke", overrides)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and repr(key) in msg and "not in 'SearchRunConfig'" in msg
+
+
+def test_an_omegaconf_error_without_a_message_still_says_something_in_one_line():
+    from omegaconf.errors import ValidationError
+
+    from nge.config import _one_line
+
+    plain, odd, blank = ValidationError(""), ValidationError("  \n "), ValidationError("bad value\n    full_key: x")
+    plain.full_key, odd.full_key, blank.full_key = "search.epochs", "a\rb", "rows[0].name"
+    assert _one_line(plain) == "search.epochs: ValidationError"
+    assert _one_line(odd) == "'a\\rb': ValidationError"
+    assert _one_line(blank) == "rows[0].name: bad value"
+
+
+def test_a_yaml_error_names_only_the_bad_override():
+    good = ["search.epochs=2", "data.limit=10"]
+    with pytest.raises(NGEError) as e:
+        load_config(SearchRunConfig, "search", "smoke", [*good, "search.arch.lr=[1", "model.C=4"])
+    msg = str(e.value)
+    assert msg.startswith("bad configuration: the value of override 'search.arch.lr=[1' is not valid YAML (")
+    assert "\n" not in msg and all(item not in msg for item in (*good, "model.C=4"))
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [

@@ -2,6 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.draws import examples
 from nge.derive import derive, derive_cell
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype
 
@@ -34,7 +35,7 @@ def test_strength_is_the_largest_op_probability():
     assert cell[2:4] == (("skip_connect", 0), ("dil_conv_5x5", 1))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.integers(0, 2**31 - 1))
 def test_two_distinct_earlier_inputs_per_node(seed):
     g = torch.Generator().manual_seed(seed)

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.draws import examples
 from helpers.tasks import sigterm_at_step, tiny_train, without_seconds
 from nge.config import SearchRunConfig, TrainRunConfig, load_config
 from nge.engine import RunDir, fit, load_checkpoint
@@ -179,7 +180,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(json_values)
 def test_genotype_loader_accepts_only_valid_genotypes(value):
     try:
@@ -190,7 +191,7 @@ def test_genotype_loader_accepts_only_valid_genotypes(value):
     assert Genotype.from_json(g.to_json()) == g
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150))
 @given(st.lists(st.text(max_size=30), max_size=3))
 def test_config_overrides_with_junk_give_config_or_one_line_error(items):
     for schema, kind in ((SearchRunConfig, "search"), (TrainRunConfig, "train")):
@@ -200,7 +201,7 @@ def test_config_overrides_with_junk_give_config_or_one_line_error(items):
             assert "\n" not in str(e)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(st.binary(max_size=200))
 def test_idx_reader_rejects_junk_with_a_message_naming_the_file(tmp_path_factory, blob):
     from nge.data import read_idx

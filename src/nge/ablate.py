@@ -315,8 +315,9 @@ class _Ledger:
     def _line(self, row: str, seed: int, t: int, column: str, cfg, what: str, refuse: Callable[[dict], str | None],
               threads: bool = False) -> dict | None:
         """The first line of the run that `refuse` lets through ("": not this run's kind of line, silently) and
-        whose settings in config[column] are cfg's (where it records them); each line refused is logged."""
-        now = None
+        whose settings in config[column] are cfg's (where it records them). Where none is, each line refused is
+        logged with the reason."""
+        now, refused = None, []
         for line in self.lines.get((row, seed, train_seed(seed, t)), ()):
             why = refuse(line)
             saved = line.get(f"config[{column}]")
@@ -325,8 +326,9 @@ class _Ledger:
                 why = _disagreement(saved, now, type(cfg))
             if why is None:
                 return line
-            if why:
-                self._say(f"nge ablate: {row}, seed {seed}: {what} not reused: {why}")
+            refused += [why] if why else []
+        for why in refused:
+            self._say(f"nge ablate: {row}, seed {seed}: {what} not reused: {why}")
         return None
 
     def training(self, row: str, seed: int, t: int, tp: str, cfg, genotype: Genotype) -> dict | None:

@@ -5,12 +5,21 @@ a preset and overrides; OmegaConf checks keys and types, the schema's validator 
 an override that has no effect in this run (e.g. `data.resize` without `data.name=imagenet`) is
 refused.
 Every failure is an NGEError with a one-line message.
+
+Settings that survive new keys: a saved configuration (a run's config.yaml or checkpoint, an ablation
+line's settings) that lacks a key is read as holding the key's schema default (`schema_defaults`), so a
+new key at a default that reproduces the old behaviour changes nothing. The 12-hex fingerprints of the
+older ablation tables (nge.ablate.fingerprint) hash the settings of their time: a fingerprint is
+compared with the hash of today's settings after the keys of `KEYS_SINCE_FINGERPRINTS` (every key
+added since, in this one place) are dropped where they hold their schema default.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
@@ -22,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nge.arch import ARCH_PARAMS
 from nge.data.sets import IMAGENET_SIZE, MIN_IMAGE_SIZE
 from nge.errors import NGEError
+from nge.spaces import SPACES
 from nge.supernet import CHECKPOINT_MODES
 
 
@@ -210,8 +220,15 @@ class EAConfig:
     entropy_weight: float = 1e-2
 
 
+# search.space: the cell space searched, one of the registry `nge.spaces.SPACES`
+SpaceName = StrEnum("SpaceName", {name: name for name in SPACES})
+
+
 @dataclass
 class SearchConfig:
+    # darts: the paper's cell (14 edges, 7 ops, normal and reduction cells); nb201: NAS-Bench-201's
+    # (6 edges, 5 ops, one cell type; model.layers counts its cells, 3 stages of N = layers // 3; model.C the first width)
+    space: SpaceName = SpaceName("darts")
     epochs: int = 25
     strategy: Strategy = Strategy.gd  # see nge.strategies.STRATEGIES and docs/paper.md section 6
     alternation: Alternation = Alternation.epoch  # gd only
@@ -243,12 +260,37 @@ def available_presets(kind: str) -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+# a key shown as it is: dotted names (and list indices); any other key is shown quoted (repr)
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*(\.[A-Za-z_][A-Za-z0-9_]*(\[\d+\])*)*")
+
+
+def _first_line(text: str, fallback: str) -> str:
+    """The first non-blank line of `text` (by str.splitlines' line breaks), else `fallback`."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), fallback)
+
+
 def _one_line(e: OmegaConfBaseException) -> str:
-    msg = str(e).strip().splitlines()[0]
-    key = getattr(e, "full_key", None)
-    if key and key not in msg:
-        msg = f"{key}: {msg}"
-    return msg
+    """OmegaConf's error in one line, prefixed with its key (quoted where it is not a plain dotted key)."""
+    key, text = getattr(e, "full_key", None), str(e)
+    shown = key if not key or _PLAIN_KEY.fullmatch(key) else repr(key)
+    if shown != key:  # OmegaConf quotes the key as 'KEY': its own line breaks must not cut the message
+        text = text.replace(f"'{key}'", shown)
+    msg = _first_line(text, type(e).__name__)
+    if shown and shown not in msg:
+        msg = f"{shown}: {msg}"
+    return " ".join(msg.splitlines())
+
+
+def _unparsable(preset: str, overrides: list[str] | dict[str, Any], e: yaml.YAMLError) -> str:
+    """Which override (else the preset) is not valid YAML, in one line."""
+    for item in overrides if isinstance(overrides, list) else ():
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as err:
+            return f"the value of override {item!r} is not valid YAML ({_first_line(str(err), type(err).__name__)})"
+        except OmegaConfBaseException:
+            pass  # not a YAML problem
+    return f"preset {preset} is not valid YAML ({_first_line(str(e), type(e).__name__)})"
 
 
 def preset_name(preset: str) -> str:
@@ -343,7 +385,7 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str] | 
     except OmegaConfBaseException as e:
         raise NGEError(f"bad configuration: {_one_line(e)}") from None
     except yaml.YAMLError as e:  # an override value that is not valid YAML
-        raise NGEError(f"bad configuration: cannot parse {overrides!r} ({str(e).splitlines()[0]})") from None
+        raise NGEError(f"bad configuration: {_unparsable(preset, overrides, e)}") from None
     _resolve(obj)
     validate(obj)
     _refuse_inert(obj, keys)
@@ -404,6 +446,9 @@ def _inert(cfg: Any) -> dict[str, str]:
                 out[key] = f"with search.strategy={s} (only with search.strategy={only})"
         if s == Strategy.ea and cfg.search.ea.mutation == MutationKind.uniform:
             out["search.ea.entropy_weight"] = "with search.ea.mutation=uniform (only with embedding mutations)"
+        if cfg.search.space != "darts":
+            for key in ("model.stem_multiplier", "model.checkpoint"):
+                out[key] = f"with search.space={cfg.search.space} (the darts supernet's)"
     return out
 
 
@@ -428,6 +473,25 @@ def has_key(schema: type, key: str) -> bool:
         return OmegaConf.select(OmegaConf.structured(schema), key, default=missing, throw_on_missing=False) is not missing
     except OmegaConfBaseException:
         return False
+
+
+def flat_keys(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@cache
+def _schema_defaults(schema: type) -> tuple[tuple[str, Any], ...]:
+    raw = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, enum_to_str=True, throw_on_missing=False)
+    return tuple((k, v) for k, v in flat_keys(raw).items() if v != MISSING)  # a MISSING key has no default
+
+
+def schema_defaults(schema: type) -> dict[str, Any]:
+    """{dotted key: default} of every setting of `schema` that has one (what a saved config lacking the key held)."""
+    return dict(_schema_defaults(schema))
 
 
 def to_dict(cfg: Any) -> dict:
@@ -470,11 +534,17 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(0.0 < cfg.data.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {cfg.data.train_portion}")
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
     _check(0 <= s.warmup_epochs < s.epochs, f"search.warmup_epochs must be in [0, search.epochs), got {s.warmup_epochs}")
+    _check(s.space == "darts" or s.strategy == Strategy.gd,
+           f"search.strategy={s.strategy} searches the darts space only for now; search.space={s.space} takes search.strategy=gd")
     _check(s.select == Selection.argmax or s.strategy == Strategy.gd,
            f"search.select={s.select} is gd's; search.strategy={s.strategy} chooses its own cell (use search.select=argmax)")
     _check(s.select_batches >= 1, f"search.select_batches must be >= 1, got {s.select_batches}")
-    _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
-           "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
+    if s.space == "darts":
+        _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
+               "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
+    else:
+        _check(m.C >= 1 and m.layers >= 3 and m.layers % 3 == 0,
+               f"model.C must be >= 1 and model.layers a multiple of 3 (3 stages of N cells in {s.space}), got {m.layers}")
     w, a = s.weights, s.arch
     _check(w.lr > 0 and 0 <= w.lr_min <= w.lr, "search.weights.lr must be > 0 and 0 <= lr_min <= lr")
     _check(0 <= w.momentum < 1, f"search.weights.momentum must be in [0, 1), got {w.momentum}")
@@ -711,6 +781,15 @@ _VALIDATORS = {
 # seed, which fixes the split and the batch order, included) must match the run's checkpoint.
 # runtime.nonfinite only decides what happens at a non-finite step, which a finished epoch never had;
 # model.checkpoint only decides what is recomputed (the same numbers: tests/test_engine.py).
+# Keys added since the ablation tables' 12-hex settings fingerprints (nge.ablate.fingerprint): a
+# fingerprint is checked against today's settings without these keys where they hold their schema
+# default (the behaviour from before they existed). Append every key (or section) a schema gains.
+KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space",)
+
+# Data sets whose data.root is the data set itself (the user's own images): two folders are two data
+# sets. For the others data.root only says where a standard data set lies.
+ROOT_IS_DATA = (DataName.imagenet, DataName.folder)
+
 RESUME_MAY_CHANGE = ("runtime.device", "runtime.threads", "runtime.progress", "runtime.nonfinite", "runtime.tensorboard",
                      "model.checkpoint")
 

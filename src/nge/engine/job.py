@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nge.config import RESUME_MAY_CHANGE, inert_keys, to_dict, to_yaml, validate
+from nge.config import RESUME_MAY_CHANGE, inert_keys, schema_defaults, to_dict, to_yaml, validate
 from nge.engine.loop import EpochTask, fit
 from nge.engine.rundir import RunDir, check_resume, save_checkpoint
 from nge.engine.runtime import is_main, main_log, process_note, setup_runtime, world
@@ -92,7 +92,8 @@ def run_job(job: Job, out: Path, force: bool = False, resume: bool = False,
     validate(cfg)
     RunDir.check(out, force, resume)
     may_differ = (job.epochs_key, *RESUME_MAY_CHANGE, *inert_keys(cfg))  # settings that cannot change the results
-    resumed_at = check_resume(out, to_dict(cfg), may_differ) if resume else None
+    # a key the checkpoint lacks (an older nge's) is read as its default
+    resumed_at = check_resume(out, to_dict(cfg), may_differ, schema_defaults(type(cfg))) if resume else None
     job.prepare(Path(out), resume)
     r = cfg.runtime
     if r.tensorboard:

@@ -128,13 +128,13 @@ class RunDir:
         atomic_write_text(self.file(name), "".join(json.dumps(_jsonable(r)) + "\n" for r in rows))
 
 
-def check_resume(path: Path, current: dict, may_differ: tuple[str, ...]) -> int:
-    """Before any work: the run's checkpoint must load and its configuration match `current`.
-    Returns the number of epochs the checkpoint has finished."""
+def check_resume(path: Path, current: dict, may_differ: tuple[str, ...], defaults: dict | None = None) -> int:
+    """Before any work: the run's checkpoint must load and its configuration match `current`
+    (`defaults`: see `check_resume_config`). Returns the number of epochs the checkpoint has finished."""
     ckpt = load_checkpoint(Path(path) / RunDir.CHECKPOINT)
     if "config" not in ckpt:
         raise NGEError(f"cannot resume {path}: its checkpoint records no configuration to check against")
-    check_resume_config(ckpt["config"], current, may_differ)
+    check_resume_config(ckpt["config"], current, may_differ, defaults)
     return int(ckpt["epoch"])
 
 
@@ -150,16 +150,22 @@ def resume_checked(config: dict, may_differ: tuple[str, ...]) -> dict:
     return {k: v for k, v in flat(config).items() if not any(k == m or k.startswith(m + ".") for m in may_differ)}
 
 
-def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...]) -> None:
-    """A run resumes only with the configuration it started with (`may_differ` keys excepted)."""
+def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...], defaults: dict | None = None) -> None:
+    """A run resumes only with the configuration it started with (`may_differ` keys excepted).
+    `defaults` ({dotted key: schema default}): a key that one configuration lacks (one of another nge
+    version) is read as its default there; a key without a default is foreign and refused."""
     a, b = resume_checked(saved, may_differ), resume_checked(current, may_differ)
+    unsaved = {k for k in set(b) - set(a) if k in (defaults or {})}  # read as their defaults
+    for side in (a, b):
+        side.update({k: defaults[k] for k in (set(a) | set(b)) - set(side) if k in (defaults or {})})
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     foreign = [k for k in differ if k not in a or k not in b]
     if foreign:
         raise NGEError(f"cannot resume: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
                        "start a new run")
     if differ:
-        values = ", ".join(f"{k} (run: {a[k]}, now: {b[k]})" for k in differ[:6])
+        values = ", ".join(f"{k} (run: {a[k]}{', the default: not in its config' if k in unsaved else ''}, now: {b[k]})"
+                           for k in differ[:6])
         runs = " ".join(f"{k}={a[k]}" for k in differ[:6])
         raise NGEError(f"cannot resume: the configuration differs from the run's in {values}; resume with the same "
                        f"preset and overrides, or pass the run's values ({runs})")
