@@ -24,6 +24,7 @@ from nge.engine import default_run_dir, rng_state, set_rng_state
 from nge.errors import NGEError
 from nge.inference import Classifier, load
 from nge.space import Genotype
+from nge.spaces import genotype_from_dict
 
 Log = bool | Callable[[str], None]
 
@@ -91,7 +92,7 @@ def search(preset: str = "quick", out: str | Path | None = None, overrides: dict
         summary = run_search(cfg, path, force=force, resume=resume, log=write)
     if summary is None:  # under torchrun, in all but the first process
         return None
-    return Result(Genotype.from_dict(summary["genotype"]), summary, path)
+    return Result(genotype_from_dict(summary["genotype"]), summary, path)
 
 
 def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Path | None = None,
@@ -112,7 +113,7 @@ def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Pat
         summary = run_train(cfg, spec, path, force=force, resume=resume, log=write)
     if summary is None:  # under torchrun, in all but the first process
         return None
-    return Result(Genotype.from_dict(summary["genotype"]), summary, path)
+    return Result(genotype_from_dict(summary["genotype"]), summary, path)
 
 
 __all__ = ["Result", "load", "search", "train"]

@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from nge.errors import NGEError
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-preset", help="training preset for eval (default: paper-cifar10; --smoke: smoke)")
     p.add_argument("--genotype", default="DARTS_V2", help="genotype of the eval network (default: DARTS_V2)")
     p.add_argument("--reference", action="store_true", help="also time the supernet steps in DARTS's form")
+    p.add_argument("--autodl", metavar="DIR",
+                   help="also time the benchmark authors' NAS-Bench-201 search network (AutoDL-Projects' TinyNetworkDarts, "
+                        "from a checkout DIR holding xautodl/) on the same batches; a search.space=nb201 preset only")
     p.add_argument("--smoke", action="store_true", help="tiny presets, 1 warm-up and 2 timed steps: seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
     p.add_argument("--in-process", action="store_true",
@@ -99,13 +103,15 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
     return s
 
 
-def _measurements(s: argparse.Namespace) -> list[tuple[str, bool]]:
+def _measurements(s: argparse.Namespace) -> list[tuple[str, str]]:
     whats = WHATS if s.what == "all" else (s.what,)
     out = []
     for w in whats:
-        out.append((w, False))
+        out.append((w, "nge"))
         if s.reference and w in REFERENCE_WHATS:
-            out.append((w, True))
+            out.append((w, "reference"))
+        if s.autodl and w in REFERENCE_WHATS:
+            out.append((w, "autodl"))
     return out
 
 
@@ -157,13 +163,13 @@ def _rss_mb() -> float:
 
 
 def _reference_steps(task):
-    """The weight and arch steps of `task` with the supernet in DARTS's form (reference_forward,
-    P computed by the parameterisation inside the step, not detached, NCHW, fp32)."""
+    """The weight and arch steps of `task` with the supernet in DARTS's form (the space's reference
+    forward, P computed by the parameterisation inside the step, not detached, NCHW, fp32)."""
     import torch.nn.functional as F
 
     from nge.engine import frozen, optimizer_step
-    from nge.supernet import reference_forward
 
+    reference_forward = task.space.reference_forward
     clip = task.cfg.search.weights.grad_clip
 
     def weight(x, y):
@@ -181,8 +187,53 @@ def _reference_steps(task):
     return weight, arch
 
 
-def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[str, Any]:
-    """Times one step kind in this process; returns the result row."""
+def _autodl_steps(task, checkout: str):
+    """The weight and arch steps of AutoDL-Projects' TinyNetworkDarts (NAS-Bench-201's DARTS search network,
+    first order: SGD on the weights with P detached, Adam on its alphas) built like `task`'s supernet."""
+    import torch
+    import torch.nn.functional as F
+
+    from nge.engine import optimizer_step
+
+    if not (Path(checkout) / "xautodl" / "models" / "cell_searchs" / "search_model_darts.py").is_file():
+        raise NGEError(f"--autodl {checkout}: no xautodl/models/cell_searchs/search_model_darts.py there "
+                       "(a checkout of AutoDL-Projects)")
+    sys.path.insert(0, str(Path(checkout).resolve()))
+    from xautodl.models.cell_operations import NAS_BENCH_201
+    from xautodl.models.cell_searchs.search_model_darts import TinyNetworkDarts
+
+    cfg = task.cfg
+    net = TinyNetworkDarts(cfg.model.C, cfg.model.layers, 4, task.net.classifier.out_features, NAS_BENCH_201, False, True)
+    if task.net.stem[0].in_channels != 3:
+        raise NGEError("--autodl: TinyNetworkDarts takes RGB input; bench a 3-channel preset (e.g. nb201-paper)")
+    w = cfg.search.weights
+    weights, alphas = net.get_weights(), net.get_alphas()
+    weight_opt = torch.optim.SGD(weights, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
+    a = cfg.search.arch
+    arch_opt = torch.optim.Adam(alphas, lr=a.lr, betas=(a.beta1, a.beta2), weight_decay=a.weight_decay or 0.0)
+
+    def weight(x, y):
+        net.train()
+        loss = F.cross_entropy(net(x)[1], y)
+        optimizer_step(loss, weight_opt, weights, w.grad_clip)
+
+    def arch(x, y):
+        net.train()
+        for p in weights:  # frozen, as in nge's arch step (a stronger baseline than their script's full backward)
+            p.requires_grad_(False)
+        try:
+            loss = F.cross_entropy(net(x)[1], y)
+            optimizer_step(loss, arch_opt, alphas, 0.0)
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+
+    return weight, arch
+
+
+def measure(s: argparse.Namespace, what: str, form: str = "nge") -> dict[str, Any]:
+    """Times one step kind in this process (form: nge, reference or autodl); returns the result row."""
+    reference = form != "nge"
     import torch
 
     from nge.config import to_dict, validate
@@ -197,10 +248,9 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
     device = resolve_device(cfg.runtime.device)
     setup_runtime(cfg.runtime.seed, cfg.runtime.threads)
     batch, n = cfg.data.batch_size, s.warmup + s.steps
-    row: dict[str, Any] = {"what": what, "form": "reference" if reference else "nge"}
+    row: dict[str, Any] = {"what": what, "form": form}
     if kind == "search":
         from nge.searching import SearchTask
-        from nge.space import random_genotype
 
         data = _synthetic(cfg, 2 * batch * n)
         cfg.data.train_portion = 0.5
@@ -209,6 +259,11 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
         if what == "arch-forward":
             def step(x, y):
                 task.arch()
+        elif form == "autodl":
+            ref = _autodl_steps(task, s.autodl)[what == "arch-step"]
+
+            def step(x, y):
+                ref(x.contiguous(), y)  # NCHW
         elif reference:
             ref = _reference_steps(task)[what == "arch-step"]
 
@@ -220,15 +275,16 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
             def step(x, y):
                 task.weight_step(x, y, probs, Meter())
         elif what == "path-step":
-            cells = iter([random_genotype(k) for k in range(n)])  # drawn before timing
+            cells = iter([task.space.random_genotype(k) for k in range(n)])  # drawn before timing
 
             def step(x, y):
                 task.path_weight_step(x, y, next(cells), Meter())
         else:
             def step(x, y):
                 task.arch_step(x, y, Meter())
-        row.update(preset=cfg.preset, arch=str(cfg.search.arch.name), C=cfg.model.C, layers=cfg.model.layers,
-                   checkpoint="none" if reference or what == "arch-forward" else task.net.checkpoint)
+        row.update(preset=cfg.preset, space=str(cfg.search.space), arch=str(cfg.search.arch.name), C=cfg.model.C,
+                   layers=cfg.model.layers,
+                   checkpoint="none" if reference or what == "arch-forward" else getattr(task.net, "checkpoint", "none"))
     else:
         from nge.genotypes import resolve_genotype
         from nge.training import TrainTask
@@ -291,35 +347,42 @@ def measure(s: argparse.Namespace, what: str, reference: bool = False) -> dict[s
 # ---------------------------------------------------------------------------- driver
 
 
-def _child_argv(s: argparse.Namespace, what: str, reference: bool) -> list[str]:
-    argv = ["--one", f"{what}:reference" if reference else what, "--device", s.device, "--steps", str(s.steps),
+def _child_argv(s: argparse.Namespace, what: str, form: str) -> list[str]:
+    argv = ["--one", what if form == "nge" else f"{what}:{form}", "--device", s.device, "--steps", str(s.steps),
             "--warmup", str(s.warmup), "--preset", s.preset, "--train-preset", s.train_preset,
             "--genotype", s.genotype]
     if s.batch:
         argv += ["--batch", str(s.batch)]
     if s.smoke:
         argv.append("--smoke")
+    if s.autodl:
+        argv += ["--autodl", s.autodl]
     return argv + list(s.overrides)
 
 
-def _run_child(s: argparse.Namespace, what: str, reference: bool) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "nge.bench", *_child_argv(s, what, reference)]
+def _run_child(s: argparse.Namespace, what: str, form: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "nge.bench", *_child_argv(s, what, form)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
-        raise NGEError(f"bench {what}{' (reference)' if reference else ''} failed: {lines[-1]}")
+        raise NGEError(f"bench {what}{'' if form == 'nge' else f' ({form})'} failed: {lines[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_bench(s: argparse.Namespace) -> list[dict[str, Any]]:
     s = _settings(s)
     rows = []
-    for what, reference in _measurements(s):
-        row = measure(s, what, reference) if s.in_process else _run_child(s, what, reference)
+    for what, form in _measurements(s):
+        row = measure(s, what, form) if s.in_process else _run_child(s, what, form)
         rows.append(row)
         if s.json:
             print(json.dumps(row), flush=True)
     return rows
+
+
+def _above_base(row: dict[str, Any]) -> float:
+    """Peak memory less the process's memory before the first step (torch, the model, the batches)."""
+    return max(row["peak_mem_mb"] - row["base_mem_mb"], 1e-9)
 
 
 def _table(rows: list[dict[str, Any]], in_process: bool) -> str:
@@ -337,10 +400,12 @@ def _table(rows: list[dict[str, Any]], in_process: bool) -> str:
                      f"{r['peak_mem_mb']:>9.0f}  {conf}")
     by = {(r["what"], r["form"]): r for r in rows}
     for w in REFERENCE_WHATS:
-        fast, ref = by.get((w, "nge")), by.get((w, "reference"))
-        if fast and ref:
-            lines.append(f"{w}: {fast['images_per_s'] / ref['images_per_s']:.2f}x the reference's images/s, "
-                         f"{fast['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x its peak memory")
+        for form, name in (("reference", "the reference's"), ("autodl", "TinyNetworkDarts's")):
+            fast, ref = by.get((w, "nge")), by.get((w, form))
+            if fast and ref:
+                lines.append(f"{w}: {fast['images_per_s'] / ref['images_per_s']:.2f}x {name} images/s, "
+                             f"{fast['peak_mem_mb'] / ref['peak_mem_mb']:.2f}x its peak memory, "
+                             f"{_above_base(fast) / _above_base(ref):.2f}x its memory above the process's base")
     r = rows[0]
     lines.append(f"device {r['device']}, {r['threads']} threads, torch {r['torch']}; images/s: median of "
                  f"{r['steps']} steps after {r['warmup']} warm-up; peak: {r['peak_mem_kind']}"
@@ -351,9 +416,9 @@ def _table(rows: list[dict[str, Any]], in_process: bool) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.one:
         what, _, form = args.one.partition(":")
-        if what not in WHATS or form not in ("", "reference"):
+        if what not in WHATS or form not in ("", "reference", "autodl"):
             raise NGEError(f"bad --one {args.one!r}")
-        print(json.dumps(measure(_settings(args), what, form == "reference")), flush=True)
+        print(json.dumps(measure(_settings(args), what, form or "nge")), flush=True)
         return 0
     rows = run_bench(args)
     if not args.json:

@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="one JSON object per image")
     r.set_defaults(func=cmd_predict)
 
-    from nge import bench
+    from nge import bench, lookup
 
+    lookup.add_parser(sub)
     bench.add_parser(sub)
     return p
 

@@ -332,7 +332,13 @@ class NetworkImageNet(_EvalNetwork):
 def build_network(model: Any, genotype: Genotype, in_channels: int, num_classes: int,
                   imagenet: bool) -> NetworkCIFAR | NetworkImageNet:
     """The evaluation network of a training config's `model` section: DARTS's ImageNet network
-    for ImageNet-size data, the CIFAR network otherwise."""
+    for ImageNet-size data, the CIFAR network otherwise; a NAS-Bench-201 genotype gets the benchmark's
+    network (C = model.C, model.layers // 3 cells per stage; no auxiliary head)."""
+    from nge.spaces import nb201
+
+    if isinstance(genotype, nb201.Nb201Genotype):
+        return nb201.Nb201Network(genotype, C=model.C, N=nb201.cells_per_stage(model.layers), num_classes=num_classes,
+                                  in_channels=in_channels)
     if imagenet:
         if in_channels != 3:
             raise NGEError(f"the ImageNet network takes RGB images, not {in_channels} channels")

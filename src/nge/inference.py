@@ -17,6 +17,8 @@ from nge.engine import load_checkpoint
 from nge.errors import NGEError
 from nge.evalnet import build_network
 from nge.space import Genotype
+from nge.spaces import genotype_from_dict
+from nge.spaces.nb201 import Nb201Genotype
 
 MODEL_FILE = "model.pt"
 
@@ -27,7 +29,7 @@ class Classifier(nn.Module):
     Attributes: `classes` (names in label order), `preprocess` (path or PIL image -> batch),
     `genotype`, `config` (the training run's configuration), `path` (its model.pt)."""
 
-    def __init__(self, net: nn.Module, classes: tuple[str, ...], preprocess: Preprocess, genotype: Genotype,
+    def __init__(self, net: nn.Module, classes: tuple[str, ...], preprocess: Preprocess, genotype: Genotype | Nb201Genotype,
                  config: dict, path: Path):
         super().__init__()
         self.net = net
@@ -83,7 +85,7 @@ def load(run: str | Path) -> Classifier:
     """The trained network of a training run directory or its model.pt, on the CPU in eval mode."""
     ckpt, path = read_model(run)
     cfg = ckpt.get("config", {})
-    genotype = Genotype.from_dict(ckpt["genotype"])
+    genotype = genotype_from_dict(ckpt["genotype"])
     pre = Preprocess.from_dict(ckpt["preprocess"])
     classes = tuple(str(c) for c in ckpt["classes"])
     if len(classes) != int(ckpt["num_classes"]) or pre.channels != int(ckpt["in_channels"]):

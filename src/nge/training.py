@@ -49,7 +49,7 @@ from nge.engine import (
 from nge.engine.job import Job, run_job
 from nge.errors import NGEError
 from nge.evalnet import build_network
-from nge.genotypes import resolve_genotype
+from nge.genotypes import load_genotype, resolve_genotype
 from nge.profile import check_mult_adds, profile_eval_preset, profile_network
 from nge.space import Genotype
 
@@ -236,7 +236,7 @@ class TrainJob(Job):
     def prepare(self, out: Path, resume: bool) -> None:
         self.genotype = resolve_genotype(self.genotype_spec)
         saved = Path(out) / "genotype.json"
-        if resume and (not saved.is_file() or Genotype.load(saved) != self.genotype):
+        if resume and (not saved.is_file() or load_genotype(saved) != self.genotype):
             raise NGEError(f"cannot resume {out} with a different genotype than the one it was started with "
                            "(or without its genotype.json)")
         if self.cfg.model.mult_adds_limit is not None:
@@ -278,7 +278,7 @@ class TrainJob(Job):
         return summary
 
     def resume_hint(self, run: RunDir) -> str:
-        spec = run.file("genotype.json") if isinstance(self.genotype_spec, Genotype) else self.genotype_spec
+        spec = self.genotype_spec if isinstance(self.genotype_spec, str) else run.file("genotype.json")
         return f"nge train --genotype {spec} --resume --out {run.path} ..."
 
 

@@ -20,6 +20,7 @@ from nge.errors import NGEError
 from nge.space import DARTS_CELL_TYPES, DEFAULT_TOPOLOGY, PRIMITIVES, CellProbs, Genotype, Topology, random_genotype
 from nge.spaces import nb201
 from nge.supernet import build_supernet as _darts_supernet
+from nge.supernet import reference_forward as _darts_reference
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Space:
     from_importance: Callable[[dict], Any]
     random_genotype: Callable[[int], Any]
     build_supernet: Callable[..., torch.nn.Module]  # (model config, in_channels, num_classes, device)
+    reference_forward: Callable[..., torch.Tensor]  # (supernet, x, P): the plain sum_k p_k op_k(x), for tests and bench
     has_ground_truth: bool = False  # a table of every cell's fully trained accuracy
 
     def cells(self, genotype) -> dict[str, Any]:
@@ -57,19 +59,21 @@ def _darts_from_importance(importance: dict) -> Genotype:
 
 
 def _nb201_supernet(model: Any, in_channels: int, num_classes: int, device: torch.device | None = None) -> torch.nn.Module:
-    return nb201.Nb201SuperNet(C=model.C, N=model.layers, num_classes=num_classes, in_channels=in_channels)
+    return nb201.Nb201SuperNet(C=model.C, N=nb201.cells_per_stage(model.layers), num_classes=num_classes,
+                               in_channels=in_channels)
 
 
 SPACES: dict[str, Space] = {
     "darts": Space(
         name="darts", topology=DEFAULT_TOPOLOGY, primitives=PRIMITIVES, cell_types=DARTS_CELL_TYPES,
         derive=lambda p: _derive.derive(p[0], p[1]), from_importance=_darts_from_importance,
-        random_genotype=random_genotype, build_supernet=_darts_supernet,
+        random_genotype=random_genotype, build_supernet=_darts_supernet, reference_forward=_darts_reference,
     ),
     "nb201": Space(
         name="nb201", topology=nb201.TOPOLOGY, primitives=nb201.PRIMITIVES, cell_types=nb201.CELL_TYPES,
         derive=lambda p: nb201.derive(p[0]), from_importance=lambda imp: nb201.derive(imp["cell"]["ops"]),
-        random_genotype=nb201.random_genotype, build_supernet=_nb201_supernet, has_ground_truth=True,
+        random_genotype=nb201.random_genotype, build_supernet=_nb201_supernet, reference_forward=nb201.reference_forward,
+        has_ground_truth=True,
     ),
 }
 
@@ -83,3 +87,12 @@ def get_space(name: str) -> Space:
 
 def space_of(genotype) -> Space:
     return SPACES["nb201" if isinstance(genotype, nb201.Nb201Genotype) else "darts"]
+
+
+def genotype_from_dict(d: object):
+    """A genotype of any space from its `to_dict()`: NAS-Bench-201's carries "space": "nb201", DARTS's none."""
+    if isinstance(d, dict) and "space" in d:
+        if d["space"] != nb201.NAME:
+            raise NGEError(f"genotype of unknown space {d['space']!r} (known: {', '.join(SPACES)})")
+        return nb201.Nb201Genotype.from_dict(d)
+    return Genotype.from_dict(d)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nge.errors import NGEError
-from nge.ops import ReLUConvBN
+from nge.ops import DropPath, ReLUConvBN
 from nge.space import Topology
 
 NAME = "nb201"
@@ -153,17 +153,22 @@ class ResNetBasicBlock(nn.Module):
 
 
 class InferCell(nn.Module):
-    """One cell of a genotype: `none` edges are left out (they add zeros)."""
+    """One cell of a genotype: `none` edges are left out (they add zeros). In training, the output of
+    every op but the skip goes through `drop_path` (0 by default: the benchmark trains without)."""
 
     def __init__(self, genotype: Nb201Genotype, C: int):
         super().__init__()
         self.edges = [(s, t) for s, t, op in genotype.edges() if op != "none"]
         self.ops = nn.ModuleList(OPS[op](C, True) for _, _, op in genotype.edges() if op != "none")
+        self.drop_path = DropPath(0.0)
+
+    def _op(self, op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x if isinstance(op, nn.Identity) else self.drop_path(op(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes = [x]
         for t in range(1, TOPOLOGY.n_graph_nodes):
-            terms = [op(nodes[s]) for (s, target), op in zip(self.edges, self.ops, strict=True) if target == t]
+            terms = [self._op(op, nodes[s]) for (s, target), op in zip(self.edges, self.ops, strict=True) if target == t]
             nodes.append(sum(terms[1:], terms[0]) if terms else torch.zeros_like(x))
         return nodes[-1]
 
@@ -171,6 +176,13 @@ class InferCell(nn.Module):
 def stage_layout(N: int) -> list[bool]:
     """Cell (False) or reduction block (True) at each position: N cells, block, N cells, block, N cells."""
     return [False] * N + [True] + [False] * N + [True] + [False] * N
+
+
+def cells_per_stage(layers: int) -> int:
+    """N from `model.layers`, the number of cells in the network (3N; the benchmark's 15 gives N = 5)."""
+    if layers < 3 or layers % 3:
+        raise NGEError(f"a NAS-Bench-201 network has 3 stages of N cells: model.layers must be a multiple of 3, got {layers}")
+    return layers // 3
 
 
 class _Backbone(nn.Module):
@@ -202,6 +214,11 @@ class Nb201Network(_Backbone):
     def __init__(self, genotype: Nb201Genotype, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3):
         super().__init__(lambda c: InferCell(genotype, c), C, N, num_classes, in_channels, affine=True)
         self.genotype = genotype
+
+    def set_drop_path(self, p: float) -> None:
+        for cell in self.cells:
+            if isinstance(cell, InferCell):
+                cell.drop_path.p = p
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -1,0 +1,159 @@
+"""The NAS-Bench-201 space: genotype strings, networks, the fused supernet, and searches in it."""
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from nge.arch import build_arch
+from nge.errors import NGEError
+from nge.genotypes import resolve_genotype
+from nge.spaces import SPACES, genotype_from_dict, nb201
+from nge.spaces.nb201 import PRIMITIVES, Nb201Genotype, Nb201Network, Nb201SuperNet, reference_forward
+
+BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+
+
+def one_hot(g: Nb201Genotype) -> torch.Tensor:
+    p = torch.zeros(6, 5)
+    for e, op in enumerate(g.ops):
+        p[e, PRIMITIVES.index(op)] = 1.0
+    return p
+
+
+def test_cell_string_round_trips_in_edge_order():
+    g = Nb201Genotype.from_str(BEST)
+    assert g.ops == ("nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3", "nor_conv_1x1")
+    assert g.to_str() == BEST
+    assert [(s, t) for s, t, _ in g.edges()] == [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+    assert genotype_from_dict(json.loads(g.to_json())) == g
+    for seed in range(50):
+        r = nb201.random_genotype(seed)
+        assert Nb201Genotype.from_str(str(r)) == r
+
+
+@pytest.mark.parametrize("bad", ["", "|none~0|", "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",
+                                 "|conv~0|+|none~0|none~1|+|none~0|none~1|none~2|", "none~0+a+b",
+                                 "|none~0|+|none~0|+|none~0|none~1|none~2|"])
+def test_a_malformed_cell_string_is_a_one_line_error_naming_it(bad):
+    with pytest.raises(NGEError) as e:
+        Nb201Genotype.from_str(bad)
+    assert "\n" not in str(e.value) and bad.strip() in str(e.value)
+
+
+def test_random_cells_are_uniform_per_edge():
+    counts = Counter((e, op) for seed in range(2000) for e, op in enumerate(nb201.random_genotype(seed).ops))
+    assert len(counts) == 30
+    assert all(330 <= n <= 470 for n in counts.values())  # 400 expected, sd 18
+
+
+def test_resolve_genotype_reads_strings_random_and_json_of_either_space(tmp_path):
+    assert resolve_genotype(BEST) == Nb201Genotype.from_str(BEST)
+    assert resolve_genotype("random:3", space="nb201") == nb201.random_genotype(3)
+    assert resolve_genotype("random:3") != nb201.random_genotype(3)  # darts by default
+    nb201.random_genotype(5).save(tmp_path / "genotype.json")
+    assert resolve_genotype(str(tmp_path)) == nb201.random_genotype(5)
+
+
+def test_derive_is_argmax_per_edge_and_keeps_none():
+    p = torch.full((6, 5), 0.1)
+    p[torch.arange(6), torch.tensor([0, 1, 2, 3, 4, 0])] = 0.6
+    assert nb201.derive(p).ops == ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3", "none")
+
+
+def test_network_of_a_cell_without_a_path_to_the_output_gives_zeros_there():
+    g = Nb201Genotype.from_str("|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|none~2|")
+    cell = nb201.InferCell(g, 4)
+    assert torch.equal(cell(torch.randn(2, 4, 8, 8)), torch.zeros(2, 4, 8, 8))
+    skip = nb201.InferCell(Nb201Genotype.from_str("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"), 4)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(skip(x), x)
+
+
+def test_network_has_the_benchmark_layout():
+    net = Nb201Network(Nb201Genotype.from_str(BEST), C=16, N=5, num_classes=10)
+    kinds = [type(c).__name__ for c in net.cells]
+    assert kinds == ["InferCell"] * 5 + ["ResNetBasicBlock"] + ["InferCell"] * 5 + ["ResNetBasicBlock"] + ["InferCell"] * 5
+    logits, aux = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and aux is None
+    assert net.classifier.in_features == 64
+
+
+def test_fused_supernet_equals_the_plain_mixed_sum_in_value_gradient_and_running_stats():
+    torch.manual_seed(0)
+    net = Nb201SuperNet(C=4, N=1, num_classes=3).train()
+    ref = copy.deepcopy(net)
+    x = torch.randn(4, 3, 8, 8)
+    p = torch.softmax(2 * torch.randn(6, 5), -1).requires_grad_()
+    out, out_ref = net(x, (p,)), reference_forward(ref, x, (p,))
+    assert torch.allclose(out, out_ref, atol=1e-5)
+    g, g_ref = torch.autograd.grad(out.square().sum(), p)[0], torch.autograd.grad(out_ref.square().sum(), p)[0]
+    assert torch.allclose(g, g_ref, atol=1e-4, rtol=1e-4)
+    # the reference calls each edge's conv alone, so each edge's BN channels get their own update, as fused
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        if "running" in name:
+            assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_forward_path_is_forward_at_a_one_hot_p():
+    torch.manual_seed(1)
+    net = Nb201SuperNet(C=4, N=1, num_classes=3).train()
+    x = torch.randn(4, 3, 8, 8)
+    for seed in range(5):
+        g = nb201.random_genotype(seed)
+        assert torch.allclose(net.forward_path(x, g), net(x, (one_hot(g),)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["darts", "plain", "rnn", "nge"])
+def test_every_parameterisation_gives_one_6x5_p_for_the_nb201_cell(name):
+    sp = SPACES["nb201"]
+    arch = build_arch(name, sp.topology, len(sp.primitives), cell_types=sp.cell_types, op_bias=True)
+    p = arch()
+    assert len(p) == 1 and p[0].shape == (6, 5)
+    assert torch.allclose(p[0].sum(1), torch.ones(6))
+    assert arch.cell_logits().shape == (1, 6, 5)
+
+
+def test_nb201_search_writes_its_cell_and_its_ground_truth(tmp_path):
+    from nge.config import SearchRunConfig, load_config
+    from nge.searching import run_search
+    from nge.spaces.nb201_table import lookup
+
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=3", "runtime.progress=false",
+                                                            "search.select=perturbation", "search.select_batches=1"])
+    lines = []
+    summary = run_search(cfg, tmp_path / "s", log=lines.append)
+    g = Nb201Genotype.from_dict(json.loads((tmp_path / "s" / "genotype.json").read_text()))
+    assert summary["space"] == "nb201" and summary["genotype"] == g.to_dict()
+    assert summary["ground_truth"] == lookup(g)
+    assert summary["argmax_ground_truth"] == lookup(genotype_from_dict(summary["argmax_genotype"]))
+    assert f"CIFAR-10 {lookup(g)['cifar10']['accuracy']:.2f}" in "\n".join(lines)
+    probs = [json.loads(r) for r in (tmp_path / "s" / "probs.jsonl").read_text().splitlines()]
+    assert set(probs[-1]) == {"epoch", "cell"} and len(probs[-1]["cell"]) == 6
+    assert set(summary["telemetry"]) == {f"cell_{k}" for k in ("entropy", "margin", "distinct", "majority", "spread")}
+    imp = json.loads((tmp_path / "s" / "importance.json").read_text())
+    assert g == nb201.derive(torch.tensor(imp["cell"]["ops"]))
+    assert (tmp_path / "s" / "cell.png").stat().st_size > 1000
+
+
+def test_nb201_refuses_strategies_it_does_not_have_yet_and_bad_depths():
+    from nge.config import SearchRunConfig, load_config
+
+    with pytest.raises(NGEError, match="search.strategy=rl"):
+        load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=3", "search.strategy=rl"])
+    with pytest.raises(NGEError, match="multiple of 3"):
+        load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=4"])
+
+
+def test_train_builds_the_benchmark_network_for_a_cell_string(tmp_path):
+    from nge.config import TrainRunConfig, load_config
+    from nge.training import run_train
+
+    cfg = load_config(TrainRunConfig, "train", "smoke", ["model.layers=3", "runtime.progress=false", "train.epochs=1"])
+    summary = run_train(cfg, BEST, tmp_path / "t", log=lambda *_: None)
+    assert summary["genotype"] == {"space": "nb201", "cell": BEST}
+    assert 0.0 <= summary["final_test_acc"] <= 1.0
+    net = Nb201Network(Nb201Genotype.from_str(BEST), C=cfg.model.C, N=1, num_classes=4)
+    assert summary["params"] == sum(p.numel() for p in net.parameters())
