@@ -157,3 +157,47 @@ def test_train_builds_the_benchmark_network_for_a_cell_string(tmp_path):
     assert 0.0 <= summary["final_test_acc"] <= 1.0
     net = Nb201Network(Nb201Genotype.from_str(BEST), C=cfg.model.C, N=1, num_classes=4)
     assert summary["params"] == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.slow  # 4 tiny searches
+def test_nb201_ablation_judges_every_cell_by_the_table_without_training(tmp_path):
+    import csv
+
+    import yaml
+
+    from nge.ablate import run_ablation
+    from nge.config import AblateConfig, load_config
+    from nge.spaces.nb201_table import lookup, uniform_mean
+
+    preset = tmp_path / "gt.yaml"
+    preset.write_text(yaml.safe_dump({
+        "seeds": 2, "search_preset": "smoke", "train_presets": [],
+        "search_overrides": ["search.space=nb201", "model.layers=3", "search.epochs=1", "search.select=perturbation",
+                             "search.select_batches=1", "runtime.progress=false"],
+        "rows": [{"name": "random"}, {"name": "nge"}, {"name": "darts", "search": ["search.arch.name=darts"]}]}))
+    acfg = load_config(AblateConfig, "ablate", str(preset), [])
+    run_ablation(acfg, [], tmp_path / "out", log=lambda *_: None)
+    lines = list(csv.DictReader(open(tmp_path / "out" / "ablation.csv")))
+    assert [(r["row"], int(r["seed"])) for r in lines] == [(n, s) for n in ("random", "nge", "darts") for s in (0, 1)]
+    for r in lines:
+        g = genotype_from_dict(json.loads(r["genotype"]))
+        assert float(r["gt_cifar10"]) == pytest.approx(lookup(g)["cifar10"]["accuracy"])
+        if r["row"] == "random":
+            assert g == nb201.random_genotype(int(r["seed"]))
+        else:  # the search's own cell, and its argmax-P cell beside it
+            assert g.to_dict() == json.loads((tmp_path / "out" / f"{r['row']}-seed{r['seed']}" / "search" / "summary.json")
+                                             .read_text())["genotype"]
+            argmax = genotype_from_dict(json.loads(r["argmax_genotype"]))
+            assert float(r["argmax_gt_cifar10"]) == pytest.approx(lookup(argmax)["cifar10"]["accuracy"])
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert f"| Random cell (exact, all 15,625) | {uniform_mean('cifar10'):.2f}" in md or f"| random (exact, all 15,625) | {uniform_mean('cifar10'):.2f}" in md
+    nge = [float(r["gt_cifar10"]) for r in lines if r["row"] == "nge"]
+    assert f"{sum(nge) / 2:.2f} ± " in md
+    assert (tmp_path / "out" / "ablation.png").stat().st_size > 1000
+
+
+def test_supernet_has_the_benchmark_authors_weights_less_their_conv_biases():
+    # AutoDL-Projects' TinyNetworkDarts(C=16, N=5, 10 classes) has 1,692,826 weights; its search convs carry a
+    # bias (bias = not affine) that the batch norm after them cancels: 15 cells x 6 edges x 2 convs x C_out = 6,720
+    net = Nb201SuperNet(C=16, N=5, num_classes=10)
+    assert sum(p.numel() for p in net.parameters()) == 1_692_826 - 6_720

@@ -75,11 +75,12 @@ def check_mult_adds(cfg: Any, mult_adds: int, genotype_spec: str) -> None:
 def profile_search_preset(cfg: Any) -> dict[str, Any]:
     """Params of the supernet and the parameterisation, and the supernet's multiply-adds per image."""
     from nge.arch import build_arch
-    from nge.supernet import build_supernet
+    from nge.spaces import get_space
 
+    sp = get_space(cfg.search.space)
     channels, size, classes = input_of(cfg)
-    net = build_supernet(cfg.model, channels, classes)
-    arch = build_arch(cfg.search.arch.name)
+    net = sp.build_supernet(cfg.model, channels, classes)
+    arch = build_arch(cfg.search.arch.name, sp.topology, len(sp.primitives), cell_types=sp.cell_types)
     with torch.no_grad():
         probs = arch()
     x = torch.zeros(1, channels, size, size)

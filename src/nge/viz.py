@@ -359,3 +359,24 @@ def plot_edge_cell(edges: Sequence[tuple[int, int, str]], n_nodes: int, title: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_ground_truth(groups: Sequence[tuple[str, Sequence[float]]], uniform: float, optimum: float, path: Path) -> None:
+    """Each group's cells by their ground-truth accuracy (one dot per seed, the mean as a bar), with the mean
+    of a uniformly random cell and the optimum as lines."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(groups) + 1.6))
+    for i, (_, values) in enumerate(groups):
+        ys = np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [i] * len(values)
+        ax.scatter(values, ys, s=22, color="tab:blue", alpha=0.75, zorder=3)
+        if values:
+            ax.plot([np.mean(values)] * 2, [i - 0.3, i + 0.3], color="black", lw=2.5, zorder=4)
+    ax.axvline(uniform, color="tab:red", ls="--", lw=1.2, label=f"uniformly random cell, mean {uniform:.2f}")
+    ax.axvline(optimum, color="tab:green", ls=":", lw=1.5, label=f"optimum {optimum:.2f}")
+    ax.set_yticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("CIFAR-10 test accuracy of the cell after 200 epochs (%, NAS-Bench-201 table)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
