@@ -138,13 +138,56 @@ def test_nb201_search_writes_its_cell_and_its_ground_truth(tmp_path):
     assert (tmp_path / "s" / "cell.png").stat().st_size > 1000
 
 
-def test_nb201_refuses_strategies_it_does_not_have_yet_and_bad_depths():
+def test_nb201_refuses_a_depth_that_is_not_three_stages():
     from nge.config import SearchRunConfig, load_config
 
-    with pytest.raises(NGEError, match="search.strategy=rl"):
-        load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=3", "search.strategy=rl"])
     with pytest.raises(NGEError, match="multiple of 3"):
         load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=4"])
+
+
+def test_nb201_policy_is_a_categorical_per_edge():
+    import math
+
+    from nge.strategies import POLICIES
+
+    pi = POLICIES["nb201"]
+    zero = torch.zeros(1, 6, 5)
+    assert float(pi.entropy(zero)) == pytest.approx(6 * math.log(5))
+    g = nb201.random_genotype(0)
+    assert float(pi.log_prob(zero, g)) == pytest.approx(6 * math.log(1 / 5))
+    options = pi.mutation_options(zero, g)
+    assert len(options) == 24 and all(float(q.exp()) == pytest.approx(1 / 24) for _, q in options)
+    logits = torch.randn(1, 6, 5, generator=torch.Generator().manual_seed(0))
+    options = pi.mutation_options(logits, g)
+    assert float(torch.stack([q for _, q in options]).exp().sum()) == pytest.approx(1.0)
+    p = torch.softmax(logits[0], -1)
+    m, q = options[0]  # edge 0 to its first other op: P(edge 0) * P[0, j] / (1 - P[0, current])
+    cur, j = PRIMITIVES.index(g.ops[0]), PRIMITIVES.index(m.value)
+    w = 1 - p[torch.arange(6), [PRIMITIVES.index(o) for o in g.ops]]
+    assert float(q.exp()) == pytest.approx(float(w[0] / w.sum() * p[0, j] / (1 - p[0, cur])), rel=1e-5)
+    child = pi.mutate(g, m)
+    assert child.ops[1:] == g.ops[1:] and child.ops[0] == m.value != g.ops[0]
+    assert pi.mode(logits) == nb201.derive(p)
+    top = logits[0].topk(2, -1).values
+    assert pi.margin(logits) == pytest.approx(float((top[:, 0] - top[:, 1]).min()), rel=1e-6)
+    gen = torch.Generator().manual_seed(1)
+    draws = Counter(pi.sample(logits, gen).ops[0] for _ in range(3000))
+    for k, op in enumerate(PRIMITIVES):
+        assert draws[op] / 3000 == pytest.approx(float(p[0, k]), abs=0.04)
+
+
+@pytest.mark.parametrize("strategy", ["rl", "ea"])
+def test_rl_and_ea_search_the_nb201_space(tmp_path, strategy):
+    from nge.config import SearchRunConfig, load_config
+    from nge.searching import run_search
+    from nge.spaces.nb201_table import lookup
+
+    ea = ["search.ea.population=3", "search.ea.tournament=2"] if strategy == "ea" else []
+    cfg = load_config(SearchRunConfig, "search", "smoke", ["search.space=nb201", "model.layers=3", "runtime.progress=false",
+                                                            f"search.strategy={strategy}", "search.epochs=3", *ea])
+    summary = run_search(cfg, tmp_path / "s", log=lambda *_: None)
+    g = genotype_from_dict(summary["genotype"])
+    assert isinstance(g, Nb201Genotype) and summary["ground_truth"] == lookup(g)
 
 
 def test_train_builds_the_benchmark_network_for_a_cell_string(tmp_path):

@@ -354,20 +354,20 @@ def _ea_step(task, child_fitness: float):
     s.scored = s.epoch = 1  # the population counts as measured with these weights
     task.accuracy = lambda x, y, g, meter=None: child_fitness
     picked = []
-    real_sample = strategies_module.sample_mutation
+    real_draw = strategies_module._draw_mutation
 
-    def sample(logits, parent, gen):
-        picked.append((parent, real_sample(logits, parent, gen)))
+    def draw(policy, logits, parent, gen):
+        picked.append((parent, real_draw(policy, logits, parent, gen)))
         return picked[-1][1]
 
-    strategies_module.sample_mutation = sample
+    strategies_module._draw_mutation = draw
     try:
         with torch.no_grad():
             logits0 = s.logits().double()
         x, y = next(iter(task.val_loader))
         s.arch_step(x, y, Meter())
     finally:
-        strategies_module.sample_mutation = real_sample
+        strategies_module._draw_mutation = real_draw
     (parent, m), = picked
     with torch.no_grad():
         after = s.logits().double()

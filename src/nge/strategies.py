@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from nge.engine import Meter, Phase, RunDir, Zipped
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, CellGenotype, CellProbs, Genotype, Topology
+from nge.spaces import genotype_from_dict, nb201
+from nge.spaces.nb201 import Nb201Genotype
 
 if TYPE_CHECKING:
     from nge.arch import ArchParam
@@ -234,7 +236,10 @@ def mutation_options(logits: torch.Tensor, parent: Genotype, topology: Topology 
 
 def sample_mutation(logits: torch.Tensor, parent: Genotype, gen: torch.Generator,
                     topology: Topology = DEFAULT_TOPOLOGY) -> Mutation:
-    options = mutation_options(logits.detach().double().cpu(), parent, topology)
+    return _draw(mutation_options(logits.detach().double().cpu(), parent, topology), gen)
+
+
+def _draw(options: list[tuple[Mutation, torch.Tensor]], gen: torch.Generator) -> Mutation:
     probs = torch.stack([q for _, q in options]).exp()
     return options[int(torch.multinomial(probs, 1, generator=gen))][0]
 
@@ -261,6 +266,88 @@ def mutate(parent: Genotype, m: Mutation, topology: Topology = DEFAULT_TOPOLOGY)
     if m.slot < per_cell:
         return _genotype(tuple(new), parent.reduce, topology)
     return _genotype(parent.normal, tuple(new), topology)
+
+
+# ---------------------------------------------------------------------------- NAS-Bench-201's policy
+# One cell type, every edge kept: pi(cell) = prod_e P[e, op_e], so each edge is its own categorical. A
+# mutation changes one edge's op: edge e with probability proportional to 1 - P[e, current op], the new op
+# j != current with P[e, j] / (1 - P[e, current]); all-zero logits make both uniform.
+
+
+def nb201_sample(logits: torch.Tensor, gen: torch.Generator) -> Nb201Genotype:
+    p = F.softmax(logits[0].detach().double().cpu(), dim=-1)
+    return Nb201Genotype(tuple(nb201.PRIMITIVES[int(torch.multinomial(row, 1, generator=gen))] for row in p))
+
+
+def _op_index(g: Nb201Genotype) -> list[int]:
+    return [nb201.PRIMITIVES.index(op) for op in g.ops]
+
+
+def nb201_log_prob(logits: torch.Tensor, g: Nb201Genotype) -> torch.Tensor:
+    logp = F.log_softmax(logits[0], dim=-1)
+    return logp[torch.arange(logp.shape[0]), _op_index(g)].sum()
+
+
+def nb201_entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits[0], dim=-1)
+    return -(logp.exp() * logp).sum()
+
+
+def nb201_mode(logits: torch.Tensor) -> Nb201Genotype:
+    return nb201.derive(logits[0].detach().cpu())
+
+
+def nb201_margin(logits: torch.Tensor) -> float:
+    """log pi(mode) - log pi(runner-up): the runner-up changes the edge whose top two logits are closest."""
+    top = logits[0].detach().double().cpu().topk(2, dim=-1).values
+    return float((top[:, 0] - top[:, 1]).min())
+
+
+def nb201_mutation_options(logits: torch.Tensor, parent: Nb201Genotype) -> list[tuple[Mutation, torch.Tensor]]:
+    """Every one-edge op change of `parent` with its log-probability under `logits` (1, n_edges, n_ops)."""
+    L = logits[0]
+    n_ops = L.shape[-1]
+    current = _op_index(parent)
+    others = [[j for j in range(n_ops) if j != c] for c in current]
+    log_rest = torch.stack([torch.logsumexp(L[e, rest], 0) - torch.logsumexp(L[e], 0) for e, rest in enumerate(others)])
+    edge_logq = F.log_softmax(log_rest, dim=0)
+    out = []
+    for e, rest in enumerate(others):
+        op_logq = F.log_softmax(L[e, rest], dim=0)
+        out += [(Mutation(e, "op", nb201.PRIMITIVES[j]), edge_logq[e] + op_logq[n]) for n, j in enumerate(rest)]
+    return out
+
+
+def nb201_mutate(parent: Nb201Genotype, m: Mutation) -> Nb201Genotype:
+    ops = list(parent.ops)
+    ops[m.slot] = str(m.value)
+    return Nb201Genotype(tuple(ops))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A space's policy over cells from the logits (n_cell_types, n_edges, n_ops), and its mutations."""
+
+    sample: Callable
+    log_prob: Callable
+    entropy: Callable
+    mode: Callable
+    margin: Callable
+    mutation_options: Callable
+    mutate: Callable
+
+
+# The one table of policies: space name -> Policy.
+POLICIES = {
+    "darts": Policy(sample_genotype, genotype_log_prob, genotype_entropy, mode_genotype, mode_margin,
+                    mutation_options, mutate),
+    "nb201": Policy(nb201_sample, nb201_log_prob, nb201_entropy, nb201_mode, nb201_margin,
+                    nb201_mutation_options, nb201_mutate),
+}
+
+
+def _draw_mutation(policy: Policy, logits: torch.Tensor, parent, gen: torch.Generator) -> Mutation:
+    return _draw(policy.mutation_options(logits.detach().double().cpu(), parent), gen)
 
 
 # ---------------------------------------------------------------------------- the evolution's population
@@ -302,7 +389,7 @@ class Population:
         return [{"genotype": g.to_dict(), "fitness": f} for g, f in self.members]
 
     def load_state_dict(self, state: list[dict]) -> None:
-        self.members = deque((Genotype.from_dict(m["genotype"]), float(m["fitness"])) for m in state)
+        self.members = deque((genotype_from_dict(m["genotype"]), float(m["fitness"])) for m in state)
 
 
 # ---------------------------------------------------------------------------- the strategies
@@ -444,13 +531,15 @@ class _Sampling:
         seed = task.cfg.runtime.seed
         self.path_gen = torch.Generator().manual_seed(seed)  # the weights' uniform cells
         self.gen = torch.Generator().manual_seed(seed + 1)  # the strategy's own draws
-        self.uniform = uniform_logits()
+        sp = task.space
+        self.policy = POLICIES[sp.name]
+        self.uniform = torch.zeros(len(sp.cell_types), sp.topology.n_edges, len(sp.primitives))
 
     def phases(self, epoch: int) -> list[Phase]:
         t = self.task
 
         def weight_step(batch, meters: dict[str, Meter]) -> None:
-            t.path_weight_step(*batch, sample_genotype(self.uniform, self.path_gen), meters["train"])
+            t.path_weight_step(*batch, self.policy.sample(self.uniform, self.path_gen), meters["train"])
 
         weights = Phase("weights", t.train_loader, weight_step)
         if epoch < t.cfg.search.warmup_epochs:
@@ -485,28 +574,28 @@ class Reinforce(_Sampling):
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, meter: Meter) -> None:
         t, rl = self.task, self.task.cfg.search.rl
-        logits = self.logits()
-        g = sample_genotype(logits, self.gen)
+        logits, pi = self.logits(), self.policy
+        g = pi.sample(logits, self.gen)
         reward = t.accuracy(x, y, g, meter)
         if self.baseline is None:
             self.baseline = reward
-        t.arch_update(-(reward - self.baseline) * genotype_log_prob(logits, g) - rl.entropy_weight * genotype_entropy(logits))
+        t.arch_update(-(reward - self.baseline) * pi.log_prob(logits, g) - rl.entropy_weight * pi.entropy(logits))
         self.baseline = rl.baseline_decay * self.baseline + (1 - rl.baseline_decay) * reward
 
     def end_epoch(self) -> dict[str, float]:
         with torch.no_grad():
             logits = self.logits()
-            h = float(genotype_entropy(logits))
+            h = float(self.policy.entropy(logits))
         return {"rl_baseline": self.baseline if self.baseline is not None else float("nan"), "policy_entropy": h,
-                "mode_margin": mode_margin(logits)}
+                "mode_margin": self.policy.margin(logits)}
 
     def genotype(self) -> Genotype:
         with torch.no_grad():
-            return mode_genotype(self.logits())
+            return self.policy.mode(self.logits())
 
     def finish(self, run: RunDir, log: Callable[[str], None]) -> dict:
         with torch.no_grad():
-            margin = mode_margin(self.logits())
+            margin = self.policy.margin(self.logits())
         tie = margin < TIE_BREAK_NATS
         if tie:
             log(f"nge: warning: the rl cell is a tie-break: the policy's runner-up cell is within {TIE_BREAK_NATS} "
@@ -577,16 +666,16 @@ class Evolution(_Sampling):
                 members[i] = (g, self.fitness(g))
             self.scored = self.epoch
         if not self.population.full():
-            g = sample_genotype(self.uniform, self.gen)
+            g = self.policy.sample(self.uniform, self.gen)
             self.population.add(g, self.fitness(g, meter))
             return
         parent, parent_fitness = self.population.select(self.gen)
         logits = self.logits() if self.learn else self.uniform
-        m = sample_mutation(logits, parent, self.gen)
-        child = mutate(parent, m)
+        m = _draw_mutation(self.policy, logits, parent, self.gen)
+        child = self.policy.mutate(parent, m)
         fitness = self.fitness(child, meter)
         if self.learn:
-            options = mutation_options(logits, parent)
+            options = self.policy.mutation_options(logits, parent)
             logq = torch.stack([q for _, q in options])
             chosen = logq[[option for option, _ in options].index(m)]
             t.arch_update(-(fitness - parent_fitness) * chosen + ea.entropy_weight * (logq.exp() * logq).sum())
@@ -596,7 +685,8 @@ class Evolution(_Sampling):
         """The mean over the members of their mutation distribution's entropy (nats)."""
         with torch.no_grad():
             logits = self.logits() if self.learn else self.uniform
-            return sum(float(mutation_entropy(logits, g)) for g, _ in self.population.members) / len(self.population.members)
+            logq = [torch.stack([q for _, q in self.policy.mutation_options(logits, g)]) for g, _ in self.population.members]
+            return sum(float(-(q.exp() * q).sum()) for q in logq) / len(logq)
 
     def tie_threshold(self) -> float:
         """Half a scoring image: fitness values closer than that are equal."""
