@@ -144,14 +144,23 @@ def test_ray_queue_starts_runs_in_order_as_the_cluster_s_cpus_and_gpus_hold_them
     assert not ray._fits(7) and ray._fits(8)  # a third GPU run waits; a CPU run (runtime.device=cpu) does not
 
 
-def test_ray_get_returns_what_finished_beside_a_failure_and_raises_for_the_rest():
-    class TaskError(Exception):
-        def __init__(self, cause):
-            self.cause = cause
+class _RayError(Exception):
+    """ray.exceptions.RayError's stand-in: every Ray failure is one."""
 
-    finish_order = ["ref:search", "ref:random"]  # the search fails while the random cell still trains
+
+class _TaskError(_RayError):
+    """ray.exceptions.RayTaskError's: the task's own exception is its cause."""
+
+    def __init__(self, cause):
+        self.cause = cause
+
+
+def test_ray_get_returns_what_finished_beside_a_failure_and_raises_for_the_rest():
+    TaskError = _TaskError  # noqa: N806
+    finish_order = ["ref:search", "ref:random", "ref:train"]  # the search fails while the random cell still trains
     outcomes = {"ref:random": {"wall_seconds": 1.0, "final_test_acc": 0.5},
-                "ref:search": TaskError(NGEError("train/val split too small"))}
+                "ref:search": TaskError(NGEError("train/val split too small")),
+                "ref:train": TaskError(NGEError("train/val split too small"))}  # Ray fails a task whose argument failed
 
     def get(ref):
         if isinstance(outcomes[ref], Exception):
@@ -159,7 +168,7 @@ def test_ray_get_returns_what_finished_beside_a_failure_and_raises_for_the_rest(
         return outcomes[ref]
 
     ray = object.__new__(_Ray)
-    ray.ray = SimpleNamespace(exceptions=SimpleNamespace(RayTaskError=TaskError), get=get,
+    ray.ray = SimpleNamespace(exceptions=SimpleNamespace(RayError=_RayError, RayTaskError=TaskError), get=get,
                               wait=lambda refs: ([next(r for r in finish_order if r in refs)], []))
     ray.task = SimpleNamespace(options=lambda **_: SimpleNamespace(remote=lambda msg, *_: f"ref:{msg}"))
     ray.gpus, ray.capacity, ray.log, logs = False, (2, 0), None, []
@@ -169,13 +178,154 @@ def test_ray_get_returns_what_finished_beside_a_failure_and_raises_for_the_rest(
     random = ray.submit("random", None, None, cfg)
     search = ray.submit("search", None, None, cfg)
     train = ray.submit("train", None, None, cfg, after=search)
-    assert ray.queue == [train]  # two CPUs: two runs at once
+    later = ray.submit("later", None, None, cfg)
+    assert ray.queue == [later]  # two CPUs: two runs at once, and the training waiting for its search holds none
     assert ray.get(random) == outcomes["ref:random"]  # it finished after the failure: still tabulated
-    assert ray.queue == [train] and logs == ["search: failed", "random: finished (1 s)"]  # nothing else started
+    assert ray.queue == [later] and logs == ["search: failed", "random: finished (1 s)"]  # nothing else started
     for handle in (search, train):
         with pytest.raises(NGEError) as e:
             ray.get(handle)
-        assert e.value.failed == [("search", "train/val split too small")] and e.value.not_run == ["train"]
+        assert e.value.failed == [("search", "train/val split too small")] and e.value.not_run == ["train", "later"]
+
+
+class _FakeRay:
+    """Ray as `_Ray` uses it, on a simulated cluster of `cpus` CPUs: a task runs once its argument has finished
+    and its CPUs are free (in submission order); `wait` finishes the earliest running task. `running_at`
+    records, per finish, which tasks were running then."""
+
+    def __init__(self, cpus: int = 2, outcomes: dict | None = None, init_error: Exception | None = None):
+        self.cpus, self.outcomes, self.init_error = cpus, outcomes or {}, init_error
+        self.exceptions = SimpleNamespace(RayError=_RayError, RayTaskError=_TaskError)
+        self.tasks: list[dict] = []  # in submission order: msg, cpus, after (a task), done, result
+        self.running_at: list[set[str]] = []
+        self.shut = False
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **_kw) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as Ray does: its own handler
+        if self.init_error is not None:
+            raise self.init_error
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": float(self.cpus)}
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+    def remote(self, _fn):
+        def options(num_cpus, num_gpus):
+            def remote(msg, _path, _run, _log, after, *_rest):
+                self.tasks.append({"msg": msg, "cpus": num_cpus, "after": after, "done": False})
+                return self.tasks[-1]["msg"]
+            return SimpleNamespace(remote=remote)
+        return SimpleNamespace(options=options)
+
+    def _task(self, ref: str) -> dict:
+        return next(t for t in self.tasks if t["msg"] == ref)
+
+    def _running(self) -> list[dict]:
+        free, out = self.cpus, []
+        for t in self.tasks:
+            ready = t["after"] is None or self._task(t["after"])["done"]
+            if not t["done"] and ready and t["cpus"] <= free:
+                free -= t["cpus"]
+                out.append(t)
+        return out
+
+    def wait(self, refs):
+        running = self._running()
+        self.running_at.append({t["msg"] for t in running})
+        t = next(t for t in running if t["msg"] in refs)
+        t["done"] = True
+        return [t["msg"]], [r for r in refs if r != t["msg"]]
+
+    def get(self, ref):
+        t = self._task(ref)
+        if t["after"] is not None and isinstance(self.outcomes.get(t["after"]), Exception):
+            raise _TaskError(RuntimeError("its argument failed"))
+        outcome = self.outcomes.get(ref, {"wall_seconds": 1.0})
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def _cpu_cfg(threads: int = 1):
+    return SimpleNamespace(runtime=SimpleNamespace(threads=threads, device="cpu"))
+
+
+def test_ray_runs_two_searches_at_once_on_two_cpus_while_their_trainings_wait(monkeypatch):
+    import nge.ablate as ablate
+
+    fake = _FakeRay(cpus=2)
+    monkeypatch.setattr(ablate, "_import_ray", lambda: fake)
+    ray = _Ray(None, 1, lambda _msg: None)
+    handles = []
+    for row in ("a", "b", "c"):  # per row a search and two trainings on its cell, in table order
+        search = ray.submit(f"{row} search", None, None, _cpu_cfg())
+        handles += [search] + [ray.submit(f"{row} train {t}", None, None, _cpu_cfg(), after=search) for t in (0, 1)]
+    assert [fake.tasks[k]["msg"] for k in range(len(fake.tasks))] == ["a search", "a train 0", "a train 1", "b search",
+                                                                    "b train 0", "b train 1"]  # c waits for a CPU
+    assert all(ray.get(h)["wall_seconds"] == 1.0 for h in handles)
+    assert fake.running_at[0] == {"a search", "b search"}  # the search phase: both CPUs busy
+    assert max(len(r) for r in fake.running_at) == 2 and len(fake.tasks) == 9
+    ray.close()
+    assert fake.shut
+
+
+def test_every_ray_failure_is_caught_and_reported_in_one_short_line(monkeypatch):
+    import nge.ablate as ablate
+
+    class WorkerCrashedError(_RayError):
+        pass
+
+    class ObjectLostError(_RayError):
+        pass
+
+    long = "x" * 1000
+    fake = _FakeRay(cpus=4, outcomes={"crash": WorkerCrashedError("The worker died unexpectedly\nwith a long story"),
+                                      "lost": ObjectLostError(long),
+                                      "mine": _TaskError(NGEError("train/val split\n too small"))})
+    monkeypatch.setattr(ablate, "_import_ray", lambda: fake)
+    ray = _Ray(None, 1, lambda _msg: None)
+    handles = [ray.submit(msg, None, None, _cpu_cfg()) for msg in ("crash", "lost", "mine", "fine")]
+    handles.append(ray.submit("its training", None, None, _cpu_cfg(), after=handles[0]))
+    with pytest.raises(NGEError) as e:
+        ray.get(handles[-1])
+    failed = dict(e.value.failed)
+    assert failed["crash"] == "WorkerCrashedError: The worker died unexpectedly"
+    assert len(failed["lost"]) == 200 and failed["lost"].startswith("ObjectLostError: xxx")
+    assert failed["mine"] == "train/val split too small" and "its training" not in failed  # never ran: its search failed
+    assert "\n" not in str(e.value) and ray.get(handles[3]) == {"wall_seconds": 1.0}
+
+
+def test_a_ray_that_does_not_start_is_one_line_restores_sigterm_and_leaves_no_run_directory(tmp_path, monkeypatch):
+    import nge.ablate as ablate
+
+    fake = _FakeRay(init_error=ConnectionError("Could not find any running Ray instance.\nPlease specify ..."))
+    monkeypatch.setattr(ablate, "_import_ray", lambda: fake)
+    mine = lambda *_: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        acfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
+            "preset": "smoke", "search_preset": "smoke", "train_presets": ["smoke"], "rows": [{"name": "random"}]}))
+        out = tmp_path / "abl"
+        with pytest.raises(NGEError) as e:
+            run_ablation(acfg, QUIET, out, executor="ray", address="auto")
+        assert str(e.value) == ("Ray did not start at auto (ConnectionError: Could not find any running Ray instance.); "
+                                "nothing ran")
+        assert signal.getsignal(signal.SIGTERM) is mine and not out.exists()
+        out.mkdir()  # with --force an earlier table is not replaced either
+        (out / "ablation.yaml").write_text("kept\n")
+        with pytest.raises(NGEError, match="Ray did not start"):
+            run_ablation(acfg, QUIET, out, force=True, executor="ray", address="auto")
+        assert (out / "ablation.yaml").read_text() == "kept\n"
+        assert main(["ablate", "--preset", "smoke", "--out", str(tmp_path / "cli"), "--executor", "ray",
+                     "--address", "auto"]) == 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not (tmp_path / "cli").exists()
 
 
 def _csv_without_times(path):

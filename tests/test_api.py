@@ -66,6 +66,35 @@ def test_api_errors_are_ngeerror_not_systemexit(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
+def test_quiet_mode_drops_this_thread_s_output_only_and_keeps_none_of_it(capsys):
+    import sys
+    import threading
+    import tracemalloc
+
+    from nge.api import _contained
+
+    stdout, stderr = sys.stdout, sys.stderr
+    with _contained(False) as log:
+        log("a log line")
+        print("this thread")
+        print("this thread too", file=sys.stderr)
+        other = threading.Thread(target=lambda: (print("another thread"), print("its error", file=sys.stderr)))
+        other.start()
+        other.join()
+        with _contained(False):  # nested: still quiet after the inner one ends
+            print("inner")
+        print("after the inner one")
+        tracemalloc.start()
+        for _ in range(2000):  # 20 MB written, none of it kept
+            sys.stdout.write("x" * 10_000)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert sys.stdout is stdout and sys.stderr is stderr  # put back
+    print("after")
+    out, err = capsys.readouterr()
+    assert out == "another thread\nafter\n" and err == "its error\n" and peak < 1_000_000
+
+
 @pytest.mark.slow
 def test_readme_python_block_runs_as_written_silently_and_restores_state(tmp_path, capfd, monkeypatch):
     text = README.read_text()

@@ -67,6 +67,40 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["f.txt"]
 
 
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from nge.engine import rundir
+
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "old")
+    for name, error in (("fsync", OSError(28, "No space left on device")), ("replace", KeyboardInterrupt())):
+        def fail(*_args, error=error):
+            raise error
+
+        with monkeypatch.context() as m:
+            m.setattr(rundir.os, name, fail)
+            with pytest.raises(type(error)):
+                atomic_write_text(path, "new")
+        assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"], name
+    with pytest.raises(TypeError):
+        rundir.atomic_write_bytes(path, "not bytes")  # fails inside the write
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_rng_state_reads_cuda_only_where_cuda_is_initialised(monkeypatch):
+    from nge.engine import rng_state
+
+    def initialises(*_args):
+        raise AssertionError("reading the CUDA RNG state would initialise CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, a CPU run: CUDA untouched
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", initialises)
+    assert "cuda" not in rng_state()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a GPU run: its CUDA state is kept
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(4, dtype=torch.uint8)])
+    assert torch.equal(rng_state()["cuda"][0], torch.zeros(4, dtype=torch.uint8))
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     path = tmp_path / "checkpoint.pt"
     state = {"epoch": 2, "task": {"w": torch.arange(3.0)}, "config": {"a": 1}}

@@ -20,7 +20,26 @@ from nge.data.sets import ImageSet
 from nge.engine import RunDir
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
-from nge.stats import icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_95, t_interval_90
+from nge.stats import (
+    ICC,
+    bootstrap,
+    bootstrap_pairs,
+    corrected_spearman,
+    holm,
+    icc,
+    kendall,
+    n_for_power,
+    paired_t_p,
+    pearson,
+    reliability,
+    resample,
+    smallest_difference,
+    spearman,
+    t_95,
+    t_interval_90,
+    t_p,
+    t_quantile,
+)
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
 from nge.training import held_out
 
@@ -90,22 +109,132 @@ def test_t_interval_has_its_stated_coverage():
         t_interval_90([1.0])
 
 
-def test_n_to_clear_zero_is_the_first_n_whose_interval_excludes_zero():
-    def sample(n, mean, sd):  # n values with exactly this mean and standard deviation
-        z = [i - (n - 1) / 2 for i in range(n)]
-        return [mean + sd * x / statistics.stdev(z) for x in z]
+def _clears_zero(rng: random.Random, n: int, mean: float, sd: float) -> bool:
+    _, lo, hi = t_interval_90([rng.gauss(mean, sd) for _ in range(n)])
+    return lo > 0 or hi < 0
 
-    for mean, sd in ((1.0, 2.0), (-0.6, 2.2), (3.0, 0.5)):
-        n = n_to_clear_zero(mean, sd)
-        _, lo, hi = t_interval_90(sample(n, mean, sd))
-        assert lo > 0 or hi < 0
-        if n > 2:
-            _, lo, hi = t_interval_90(sample(n - 1, mean, sd))
-            assert lo <= 0 <= hi
-    assert n_to_clear_zero(1.0, 2.0) == 13  # by hand: 2 * t(12) / sqrt(13) = 0.989 < 1 <= 2 * t(11) / sqrt(12)
-    assert n_to_clear_zero(0.0, 1.0) is None and n_to_clear_zero(0.01, 5.0, limit=50) is None
+
+def test_n_for_power_is_the_first_n_whose_interval_excludes_zero_in_80_percent_of_draws():
+    rng = random.Random(3)
+    for mean, sd in ((1.0, 2.0), (-0.6, 1.1)):
+        n = n_for_power(mean, sd)
+        at_n = sum(_clears_zero(rng, n, mean, sd) for _ in range(4000)) / 4000
+        below = sum(_clears_zero(rng, n - 1, mean, sd) for _ in range(4000)) / 4000
+        assert 0.78 <= at_n <= 0.84 and below < 0.8 + 0.02, (mean, sd, n, at_n, below)
+    # where the mean just clears 0 (the old "seeds to clear 0", 13 for mean 1, sd 2), the interval does so about half the time
+    just = next(n for n in range(2, 100) if t_95(n - 1) * 2.0 / math.sqrt(n) < 1.0)
+    assert just == 13 and 0.45 < sum(_clears_zero(rng, just, 1.0, 2.0) for _ in range(4000)) / 4000 < 0.6
+    assert n_for_power(1.0, 2.0) == 27  # about twice that
+    assert n_for_power(0.0, 1.0) is None and n_for_power(0.01, 5.0, limit=50) is None and n_for_power(1.0, 0.0) == 2
     with pytest.raises(ValueError):
         t_95(0)
+    with pytest.raises(ValueError, match="non-finite"):
+        n_for_power(math.nan, 1.0)
+
+
+def test_t_interval_and_bootstrap_cover_the_true_value_at_their_level():
+    rng, draws = random.Random(4), 300
+    t_hits = boot_hits = 0
+    for k in range(draws):
+        values = [rng.gauss(2.0, 1.5) for _ in range(30)]
+        _, lo, hi = t_interval_90(values)
+        t_hits += lo <= 2.0 <= hi
+        b = resample(values, statistics.fmean, n=400, seed=k)
+        boot_hits += b.lo <= 2.0 <= b.hi and b.kept == 400
+    assert 0.85 <= t_hits / draws <= 0.95 and 0.85 <= boot_hits / draws <= 0.95, (t_hits, boot_hits)
+
+
+def test_kendall_with_pairs_tied_in_both_variables_is_tau_b():
+    xs = [1, 1, 1, 2, 2, 3, 3, 3, 4, 5]
+    ys = [1, 1, 2, 2, 2, 3, 1, 3, 3, 5]  # (0, 1), (3, 4) and (5, 7) are tied in both
+    n = len(xs)
+    pairs = list(itertools.combinations(range(n), 2))
+    sign = lambda v: (v > 0) - (v < 0)  # noqa: E731
+    s = sum(sign(xs[i] - xs[j]) * sign(ys[i] - ys[j]) for i, j in pairs)
+    ties = lambda v: sum(c * (c - 1) // 2 for c in (v.count(x) for x in set(v)))  # noqa: E731
+    n0 = n * (n - 1) // 2
+    assert sum(xs[i] == xs[j] and ys[i] == ys[j] for i, j in pairs) == 3
+    want = s / math.sqrt((n0 - ties(xs)) * (n0 - ties(ys)))  # tau-b as textbooks define it, from tie groups
+    assert kendall(xs, ys) == pytest.approx(want) and kendall(ys, xs) == pytest.approx(want)
+    assert (ties(xs), ties(ys), n0) == (7, 9, 45) and want == pytest.approx(26 / math.sqrt(38 * 36))  # S = 26
+
+
+def test_undefined_statistics_are_nan_and_non_finite_values_are_refused():
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(kendall([1, 2, 3], [4, 4, 4]))
+    assert math.isnan(pearson([2, 2], [1, 3]))
+    assert math.isnan(icc([[1, 1], [1, 1]]).icc)  # no variance at all: not 1
+    assert icc([[1, 2], [1, 2]]).icc == 0.0  # noise only
+    for call in (lambda: icc([[1, math.nan], [2, 3]]), lambda: spearman([1, math.inf], [1, 2]),
+                 lambda: t_interval_90([1.0, math.nan]), lambda: kendall([1, 2], [1, -math.inf]),
+                 lambda: smallest_difference(math.nan, 2)):
+        with pytest.raises(ValueError, match="non-finite"):
+            call()
+
+
+def test_bootstrap_drops_undefined_resamples_and_counts_them():
+    # xs constant unless index 3 is drawn (or only index 3 is): P = (3/4)^4 + (1/4)^4 of the resamples drop
+    b = bootstrap_pairs([1.0, 1.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0], spearman, n=4000)
+    assert b.tries == 4000 and b.kept / 4000 == pytest.approx(1 - 0.75 ** 4 - 0.25 ** 4, abs=0.02)
+    assert b.show() == f"[{b.lo:.2f}, {b.hi:.2f}] ({b.kept}/4000)"
+    # an ICC resample with no cell of 2 values is dropped: P = (3/4)^4
+    b = bootstrap([[1.0, 2.0], [3.0], [4.0], [5.0]], n=4000)
+    assert b.kept / 4000 == pytest.approx(1 - 0.75 ** 4, abs=0.02)
+    full = bootstrap([[1.0, 2.0], [3.0, 3.5], [6.0, 6.2], [5.0, 4.0]], n=500)
+    assert full.kept == 500 and full.show() == f"[{full.lo:.2f}, {full.hi:.2f}]" and 0 <= full.lo <= full.hi <= 1
+    assert resample([1.0, 1.0], lambda s: math.nan, n=10).show() == "[n/a]"
+
+
+def test_reliability_and_the_noise_corrected_spearman():
+    assert reliability(ICC(0.5, 1.0, 1.0), 2) == pytest.approx(2 / 3)  # Spearman-Brown by hand
+    assert reliability(ICC(0.5, 1.0, 1.0), 1) == 0.5
+    assert math.isnan(reliability(ICC(0.0, 0.0, 1.0), 2)) and math.isnan(reliability(None, 2))
+    assert math.isnan(reliability(ICC(math.nan, 0.0, 0.0), 2))
+    # cells ranked alike by both; a noisy but perfectly rank-agreeing pair: the correction would exceed 1
+    a = [[1.0, 3.0], [2.0, 4.5], [3.5, 5.0], [5.0, 6.0]]
+    b = [[10.0, 10.5], [11.0, 11.2], [12.0, 12.1], [13.0, 13.3]]
+    rho = spearman([statistics.mean(x) for x in a], [statistics.mean(y) for y in b])
+    rel_a, rel_b = (reliability(icc(g), 2) for g in (a, b))
+    assert rho == 1.0 and rho / math.sqrt(rel_a * rel_b) > 1 and corrected_spearman(a, b) == 1.0
+    b2 = [[10.0, 10.5], [13.0, 13.2], [12.0, 12.1], [11.0, 11.3]]
+    rho2 = spearman([statistics.mean(x) for x in a], [statistics.mean(y) for y in b2])
+    want = max(-1.0, min(1.0, rho2 / math.sqrt(rel_a * reliability(icc(b2), 2))))
+    assert corrected_spearman(a, b2) == pytest.approx(want) and abs(want) < 1
+    noise = [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]  # ICC 0: no reliable part, the correction undefined
+    assert math.isnan(corrected_spearman(noise, b))
+    assert math.isnan(corrected_spearman([[1.0], [2.0], [3.0], [4.0]], b))  # no replicates: no ICC
+
+
+def test_t_tests_holm_and_quantiles():
+    for df in (1, 2, 4, 10, 30):  # the table's 95th percentiles: two-sided p = 0.10
+        assert t_p(t_95(df), df) == pytest.approx(0.10, abs=2e-5)
+        assert t_quantile(0.95, df) == pytest.approx(t_95(df), abs=2e-4)
+    assert t_quantile(0.975, 12) == pytest.approx(2.1788, abs=1e-4) and t_quantile(0.025, 12) == pytest.approx(-2.1788, abs=1e-4)
+    assert t_p(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
+    d = [1.0, 2.0, 3.0, 4.0, 5.0]  # t = 3 / sqrt(2.5 / 5) = 4.2426, df 4
+    assert paired_t_p(d) == pytest.approx(t_p(3 / math.sqrt(0.5), 4)) and 0.01 < paired_t_p(d) < 0.02
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])  # by hand
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    got = holm([0.02, math.nan, 0.01])  # a NaN counts in the family
+    assert got[0] == pytest.approx(0.04) and math.isnan(got[1]) and got[2] == pytest.approx(0.03)
+
+
+def test_smallest_difference_against_an_estimated_sigma():
+    """Two cells' means of n seeds, tested with the pooled within-cell std of df degrees of freedom (as the
+    evaluator table has it): the t version has power 0.8, the z formula, which assumes sigma known, less."""
+    rng, n, df, sd, draws = random.Random(5), 2, 12, 1.3, 6000
+    crit = t_quantile(0.975, df)
+
+    def power(d: float) -> float:
+        hits = 0
+        for _ in range(draws):
+            diff = statistics.fmean(rng.gauss(d, sd) for _ in range(n)) - statistics.fmean(rng.gauss(0, sd) for _ in range(n))
+            s_hat = sd * math.sqrt(sum(rng.gauss(0, 1) ** 2 for _ in range(df)) / df)  # sigma estimated, df degrees
+            hits += abs(diff) / (s_hat * math.sqrt(2 / n)) > crit
+        return hits / draws
+
+    assert power(smallest_difference(sd, n, df)) == pytest.approx(0.8, abs=0.02)
+    assert power(smallest_difference(sd, n)) < 0.77  # the z formula overstates the power here
+    assert smallest_difference(sd, n, 100000) == pytest.approx(smallest_difference(sd, n), rel=1e-3)
 
 
 def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_path):
@@ -133,6 +262,13 @@ def test_paired_differences_pair_training_seeds_and_average_within_a_seed(tmp_pa
     _, lo, hi = t_interval_90([1.0, -3.0])
     assert f"| a | y | x | 2 | -1.00 [{lo:+.2f}, {hi:+.2f}] | {statistics.stdev([1.0, -3.0]):.2f} |" in pairs
     assert "| a | x | random | 2 | +1.50" in pairs and "| a | y | random | 2 |" in pairs
+    # p-values, raw and Holm-adjusted over the table's 3 comparisons, and the count
+    diffs = {"x-random": [4.0, -1.0], "y-random": paired_differences(y, random_rows, "val_acc[a]"), "y-x": [1.0, -3.0]}
+    raw = [paired_t_p(diffs[k]) for k in ("x-random", "y-random", "y-x")]  # the table's order: y - random before y - x
+    adjusted = holm(raw)
+    line = next(x for x in pairs.splitlines() if x.startswith("| a | y | x |"))
+    assert line.split(" | ")[6:8] == [f"{raw[2]:.3f}", f"{adjusted[2]:.3f}"] and adjusted[2] > raw[2]
+    assert "| p | p, Holm | Seeds for 80% power |" in pairs and "3 comparison(s)" in pairs
 
 
 def test_tabulate_redraws_a_table_from_its_csv_and_runs_nothing(tmp_path, capsys):
@@ -480,3 +616,28 @@ def test_correlation_over_the_random_cells_leaves_named_cells_out():
     assert line.split(" | ")[-2] == "5" and line.split(" | ")[-1].startswith(f"{want:.2f} [") and want != 1.0
     everything = spearman([mean[n] for n in names], [ref[n] + 0.005 for n in names])
     assert f"| {everything:.2f} [" in line
+
+
+def test_evaluator_tables_leave_non_finite_scores_out_and_count_replicated_cells():
+    from nge.ablate import evaluator_tables
+
+    names = [f"r{k}" for k in range(5)]
+    acfg = _acfg(rows=[{"name": n, "genotype": f"random:{k}"} for k, n in enumerate(names)],
+                 trainings=[{"name": "a", "preset": "smoke"}, {"name": "b", "preset": "smoke"}], reference="b")
+    rng = random.Random(1)
+    rows = [{"row": n, "seed": s, "val_acc[a]": 0.5 + 0.05 * k + rng.gauss(0, 0.01), "tse[a]": 3.0 - 0.1 * k + rng.gauss(0, 0.01),
+             "val_acc[b]": 0.6 + 0.04 * k + rng.gauss(0, 0.01)} for k, n in enumerate(names) for s in (0, 1)]
+    rows[0]["tse[a]"] = math.nan  # a diverged training
+    rows[3]["tse[a]"] = math.inf
+    for r in rows:
+        if r["row"] != "r0" and r["seed"] == 1:
+            del r["val_acc[b]"]  # the reference: one cell with two seeds, four with one
+    table = evaluator_tables(rows, acfg)
+    tse = next(x for x in table.splitlines() if x.startswith("| a | -TSE |"))
+    groups = [[-r["tse[a]"] for r in rows if r["row"] == n and math.isfinite(r["tse[a]"])] for n in names]
+    assert tse.startswith(f"| a | -TSE | 5 | 3 | {icc(groups).icc:.2f} [")  # r0 and r1 keep one seed each
+    assert "2 non-finite score(s) (a diverged training) left out." in table
+    assert not any(x.startswith("| b | val acc |") for x in table.splitlines())  # 1 replicated cell: no ICC row
+    corr = next(x for x in table.splitlines() if x.startswith("| a | val acc | 5 | 1.00 ["))
+    kept = int(corr.split(" | ")[5].split("(")[1].split("/")[0])  # the reference's ICC needs r0, its replicated cell
+    assert kept / 2000 == pytest.approx(1 - 0.8 ** 5, abs=0.03)

@@ -22,6 +22,7 @@ ICLR 2020), with the search telemetry at the end of the search.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -62,11 +63,25 @@ from nge.data import check_files
 from nge.engine import RunDir, atomic_write_text, late_stop, single_process
 from nge.engine.rundir import check_resume_config, resume_checked
 from nge.errors import NGEError
-from nge.genotypes import resolve_genotype
+from nge.genotypes import load_genotype, resolve_genotype
 from nge.searching import run_search
 from nge.space import Genotype
-from nge.stats import bootstrap, bootstrap_pairs, icc, kendall, n_to_clear_zero, smallest_difference, spearman, t_interval_90
-from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, op_counts, probs_telemetry
+from nge.spaces import genotype_from_dict, get_space, space_of
+from nge.stats import (
+    bootstrap,
+    bootstrap_pairs,
+    corrected_spearman,
+    holm,
+    icc,
+    kendall,
+    n_for_power,
+    paired_t_p,
+    resample,
+    smallest_difference,
+    spearman,
+    t_interval_90,
+)
+from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, probs_telemetry
 from nge.training import run_train
 
 
@@ -93,12 +108,23 @@ def _configs(acfg: AblateConfig, overrides: list[str], threads: int | None) -> d
                 for t in range(acfg.train_seeds):
                     configs[row.name, seed, tr.name, t] = load_config(
                         TrainRunConfig, "train", tr.preset, [*tr.overrides, *overrides, f"runtime.seed={train_seed(seed, t)}"])
+    spaces = {str(c.search.space) for k, c in configs.items() if k[-1] == "search"}
+    if len(spaces) > 1:
+        raise NGEError(f"bad configuration: the rows search different spaces ({', '.join(sorted(spaces))}); compare one space")
+    if not ablate_trainings(acfg) and not get_space(_space(configs)).has_ground_truth:
+        raise NGEError(f"bad configuration: train_presets is empty; the {_space(configs)} space has no table of trained "
+                       "cells, so its cells must be trained")
     own = _own_threads(acfg)
     if threads is not None:
         for key, cfg in configs.items():
             if key not in own:  # a row's own runtime.threads (a numerical perturbation) is kept
                 cfg.runtime.threads = threads
     return configs
+
+
+def _space(configs: dict) -> str:
+    """The space the comparison searches (darts where no row searches)."""
+    return next((str(c.search.space) for k, c in configs.items() if k[-1] == "search"), "darts")
 
 
 def _sets_threads(overrides: list[str]) -> bool:
@@ -138,7 +164,7 @@ def _check_finished(path: Path, cfg, genotype_spec: str | None) -> None:
                        "settings (delete it to run it again)") from None
     if genotype_spec is not None:
         want, saved_g = resolve_genotype(genotype_spec), path / "genotype.json"
-        if not saved_g.is_file() or Genotype.load(saved_g) != want:
+        if not saved_g.is_file() or load_genotype(saved_g) != want:
             raise NGEError(f"{path}: trained another genotype than {genotype_spec} now gives (delete it to run it again)")
 
 
@@ -250,6 +276,35 @@ def _value(column: str, text: str):
     return text
 
 
+_NUMBERS = re.compile(r"(search_val_acc|search_seconds|(test_acc|val_acc|tse|train_seconds|cpu_seconds|params)\[.+\])")
+
+
+def _checked_line(where: str, line: dict[str, str]) -> dict:
+    """A CSV line as `_value`s, its row, seeds, genotype and result columns checked (`where`: file and line,
+    for the one-line error)."""
+    out = {k: _value(k, v) for k, v in line.items()}
+    if not out["row"]:
+        raise NGEError(f"{where}: the row is empty")
+    for k in ("seed", "train_seed"):
+        if not isinstance(out[k], int) or out[k] < 0:
+            raise NGEError(f"{where}: {k} must be a whole number >= 0, got {line[k]!r}")
+    if not line["genotype"].strip():
+        raise NGEError(f"{where}: the genotype is empty")
+    try:
+        genotype_from_dict(json.loads(line["genotype"]))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, NGEError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise NGEError(f"{where}: genotype is not a cell's JSON ({detail})") from None
+    for k, v in out.items():
+        if v is None or not _NUMBERS.fullmatch(k):
+            continue
+        if not isinstance(v, int | float) or (not math.isfinite(v) and not k.startswith("tse[")):
+            raise NGEError(f"{where}: {k} must be a finite number or empty, got {line[k]!r}")
+        if ("seconds" in k or k.startswith("params[")) and v < 0:
+            raise NGEError(f"{where}: {k} must be >= 0, got {line[k]!r}")
+    return out
+
+
 class _Ledger:
     """Finished runs of earlier tables (--reuse): their ablation.csv lines by (row, seed, training seed).
 
@@ -277,7 +332,7 @@ class _Ledger:
                         if None in line or None in line.values():
                             raise NGEError(f"{flag} {path}: line {reader.line_num} has {'more' if None in line else 'fewer'} "
                                            "fields than the header")
-                        self._add(path, {k: _value(k, v) for k, v in line.items()})
+                        self._add(path, _checked_line(f"{flag} {path}: line {reader.line_num}", line))
             except OSError as e:
                 raise NGEError(f"{flag} {path}: {e.strerror or e}") from None
             except (csv.Error, UnicodeDecodeError) as e:
@@ -336,7 +391,7 @@ class _Ledger:
         def refuse(line: dict) -> str | None:
             if line.get(f"test_acc[{tp}]") is None:
                 return ""
-            return None if Genotype.from_dict(json.loads(line["genotype"])) == genotype else "it trained another cell"
+            return None if genotype_from_dict(json.loads(line["genotype"])) == genotype else "it trained another cell"
 
         what = f"training {tp}" + (f" (training seed {train_seed(seed, t)})" if t else "")
         line = self._line(row, seed, t, tp, cfg, what, refuse)
@@ -378,8 +433,16 @@ def _final_telemetry(search_dir: Path) -> dict:
     return probs_telemetry(*(last[c] for c in names), names=names)
 
 
-def _distinct_ops(genotype: Genotype) -> dict:
-    return {f"{c}_ops": len(op_counts(getattr(genotype, c))) for c in ("normal", "reduce")}
+def _distinct_ops(genotype) -> dict:
+    return {f"{c}_ops": len(n) for c, n in space_of(genotype).op_counts(genotype).items()}
+
+
+def _ground_truth(genotype, prefix: str = "") -> dict:
+    """A NAS-Bench-201 cell's table accuracies as columns gt_cifar10, gt_cifar100, gt_imagenet16 (prefixed)."""
+    from nge.spaces.nb201_table import lookup
+
+    g = lookup(genotype)
+    return {f"{prefix}gt_{k.split('-')[0]}": g[k]["accuracy"] for k in ("cifar10", "cifar100", "imagenet16-120")}
 
 
 def _task(msg: str, path: Path, run: Callable[..., dict], log=None, after: dict | None = None, cfg=None,
@@ -426,11 +489,27 @@ def _import_ray():
     return ray
 
 
+CAUSE_LIMIT = 200  # characters of a failed run's cause in the one-line report
+
+
+def _ray_cause(e: Exception) -> str:
+    """Why a Ray task failed, in one line of at most CAUSE_LIMIT characters: the run's own NGEError, else the
+    exception's type and first line (a task's exception, a crashed worker, a dead node, a lost object, ...)."""
+    cause = getattr(e, "cause", None) or e  # RayTaskError: the task's own exception
+    if isinstance(cause, NGEError):
+        text = " ".join(str(cause).split())
+    else:
+        line = next((x.strip() for x in str(cause).splitlines() if x.strip()), "")
+        text = f"{type(cause).__name__}: {line}" if line else type(cause).__name__
+    return text if len(text) <= CAUSE_LIMIT else text[:CAUSE_LIMIT - 3] + "..."
+
+
 class _Ray:
     """Each run a Ray task holding one GPU (where the cluster has GPUs and the run may use one) or as many
-    CPUs as it has threads. Tasks start in table order, as many at once as the cluster holds; trainings
-    wait for their search. After a failure no further task starts, the running ones finish, and every
-    failure is reported at once (`_Failed`)."""
+    CPUs as it has threads. Tasks start in table order, as many at once as the cluster holds (a training
+    that waits for its search holds nothing until the search has finished). After a failure (any Ray error:
+    the run's exception, a crashed worker, a dead node, a lost object, a cancelled task) no further task
+    starts, the running ones finish, and every failure is reported at once (`_Failed`)."""
 
     parallel = True
 
@@ -438,12 +517,16 @@ class _Ray:
         self.ray, self.threads, self.log = _import_ray(), threads, log
         self.started = not self.ray.is_initialized()
         self.previous_sigterm = signal.getsignal(signal.SIGTERM)
-        if self.started:  # else: the caller's connection, left open; address None starts a local instance
-            try:
+        try:
+            if self.started:  # else: the caller's connection, left open; address None starts a local instance
                 self.ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-            finally:
                 signal.signal(signal.SIGTERM, _interrupt)  # in place of Ray's handler, which dumps a stack
-        resources = self.ray.cluster_resources()
+            resources = self.ray.cluster_resources()
+        except Exception as e:  # noqa: BLE001 - no cluster at that address, a local instance that did not start, ...
+            with contextlib.suppress(Exception):
+                self.close()
+            where = f" at {address}" if address else ""
+            raise NGEError(f"Ray did not start{where} ({_ray_cause(e)}); nothing ran") from None
         self.gpus = resources.get("GPU", 0) > 0
         if resources.get("CPU", 0) < threads:
             self.close()
@@ -469,10 +552,16 @@ class _Ray:
         cfg = self.specs[handle][3]
         return cfg.runtime.threads, int(self.gpus and cfg.runtime.device != "cpu")
 
+    def _holds(self, handle: int) -> tuple[int, int]:
+        """What a started run holds: its needs once it can run, nothing while it waits for its search."""
+        after = self.specs[handle][4]
+        return self._needs(handle) if after is None or after in self.results or after in self.failures else (0, 0)
+
     def _fits(self, handle: int) -> bool:
         """In table order, as many runs at once as the cluster's CPUs and GPUs hold (runs of several threads
-        beside runs of one)."""
-        held = [self._needs(h) for h in self.running.values()] + [self._needs(handle)]
+        beside runs of one), counting only the runs that can start."""
+        held = [self._holds(h) for h in self.running.values()]
+        held = [n for n in held if n != (0, 0)] + [self._holds(handle)]
         return len(held) == 1 or all(sum(n[i] for n in held) <= self.capacity[i] for i in (0, 1))
 
     def _start(self) -> None:
@@ -492,9 +581,9 @@ class _Ray:
         try:
             self.results[handle] = self.ray.get(done)
             self.log(f"{msg}: finished ({self.results[handle]['wall_seconds']:.0f} s)")
-        except self.ray.exceptions.RayTaskError as e:
+        except self.ray.exceptions.RayError as e:
             if after is None or not self._failed(after):  # else: its search failed and it never ran
-                self.failures[handle] = str(e.cause) if isinstance(e.cause, NGEError) else repr(e.cause)
+                self.failures[handle] = _ray_cause(e)
                 self.log(f"{msg}: failed")
         self._start()
 
@@ -503,7 +592,7 @@ class _Ray:
             return True
         try:
             self.ray.get(self.refs[handle])  # it has ended: its dependent task ended after it
-        except self.ray.exceptions.RayTaskError:
+        except self.ray.exceptions.RayError:
             return True
         return False
 
@@ -550,7 +639,7 @@ def _started(path: Path) -> bool:
 def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | None = None, log=print):
     """Per (row, seed), in table order: its search (None if it searches nothing), the search columns of a
     reused line (or None), its trainings by (training, t): a handle, or a reused result."""
-    total, own = len(acfg.rows) * acfg.seeds, _own_threads(acfg)
+    total, own, space = len(acfg.rows) * acfg.seeds, _own_threads(acfg), _space(configs)
     for k, (spec, seed) in enumerate(((r, s) for r in acfg.rows for s in seed_range(acfg)), 1):
         name, base, what = spec.name, out / f"{spec.name}-seed{seed}", f"ablation [{k}/{total}] {spec.name}, seed {seed}"
         sdir, search, found = base / "search", None, None
@@ -558,7 +647,8 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
                   if (name, seed, tr.name, t) in configs]
         tdirs = {(tp, t): base / (f"train-{tp}" + (f"-t{t}" if t else "")) for tp, t in wanted}
         if name == RANDOM_ROW:
-            genotype_spec = f"random:{seed}"
+            # a NAS-Bench-201 cell as its string, which names its space (random:K is the darts space's)
+            genotype_spec = f"random:{seed}" if space == "darts" else str(get_space(space).random_genotype(seed))
         elif spec.genotype is not None:
             genotype_spec = spec.genotype
         else:
@@ -566,7 +656,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
             started = _started(sdir) or (not reused_cell.is_file() and any(_started(d) for d in tdirs.values()))
             found = ledger.search(name, seed, cfg, (name, seed, "search") in own) if ledger and not started else None
             if found is not None:
-                genotype = Genotype.from_dict(json.loads(found["genotype"]))
+                genotype = genotype_from_dict(json.loads(found["genotype"]))
                 trains = {(tp, t): ledger.training(name, seed, t, tp, configs[name, seed, tp, t], genotype)
                           for tp, t in wanted}
                 if found["config[search]"] is None:
@@ -577,7 +667,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
                                             if v["config"] is None)
                     yield name, seed, sdir, None, None, found, trains
                     continue
-                if reused_cell.is_file() and Genotype.load(reused_cell) != genotype:
+                if reused_cell.is_file() and load_genotype(reused_cell) != genotype:
                     raise NGEError(f"{reused_cell} holds another cell than --reuse gives for {name}, seed {seed}; "
                                    "reuse the table it came from, or start without --resume")
                 base.mkdir(parents=True, exist_ok=True)
@@ -594,7 +684,7 @@ def _submit(acfg: AblateConfig, configs: dict, out: Path, ex, ledger: _Ledger | 
         for tp, t in wanted:
             cfg, tdir, msg = configs[name, seed, tp, t], tdirs[tp, t], f"{what}: train ({tp}{f', t{t}' if t else ''})"
             if search is None and ledger and not _started(tdir):
-                trains[tp, t] = ledger.training(name, seed, t, tp, cfg, resolve_genotype(genotype_spec))
+                trains[tp, t] = ledger.training(name, seed, t, tp, cfg, resolve_genotype(genotype_spec, space))
                 if trains[tp, t] is not None:
                     log(f"{msg}: reused from --reuse")
                     if trains[tp, t]["config"] is None:
@@ -632,6 +722,7 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
     if threads_per_run is not None and _sets_threads(overrides):
         raise NGEError("give --threads-per-run or runtime.threads, not both")
     configs = _configs(acfg, overrides, threads_per_run)
+    space = _space(configs)
     trainings = [tr.name for tr in ablate_trainings(acfg)]
     ledger = _Ledger([Path(p) for p in reuse], log=log) if reuse else None
     if executor == "sequential" or address is None:  # the runs read this machine's files
@@ -640,15 +731,20 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
         _import_ray()  # before any work
         for cfg in configs.values():  # a Ray task holds as many CPUs as its run has torch threads
             cfg.runtime.threads = cfg.runtime.threads or 1
-    out = Path(out)
-    run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
-    _keep_previous(run, to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n"
-                   + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
-    for cell in sorted(out.glob(f"*/{REUSED_CELL}")) if ledger is None else ():
-        if not _started(cell.parent / "search"):  # before anything runs
-            raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
-                           "or start without --resume")
+    # the executor first: a Ray that does not start leaves no run directory behind (nor replaces one with --force)
     ex = _Ray(address, max(c.runtime.threads for c in configs.values()), log) if executor == "ray" else _Sequential(log)
+    try:
+        out = Path(out)
+        run = RunDir.open(out, force, resume, resumes_from="ablation.yaml")
+        _keep_previous(run, to_yaml(acfg) + f"overrides: {json.dumps(overrides)}\n"
+                       + (f"threads_per_run: {threads_per_run}\n" if threads_per_run is not None else ""), log)
+        for cell in sorted(out.glob(f"*/{REUSED_CELL}")) if ledger is None else ():
+            if not _started(cell.parent / "search"):  # before anything runs
+                raise NGEError(f"{cell.parent.name}: its search came from --reuse ({cell}); resume with the same --reuse, "
+                               "or start without --resume")
+    except BaseException:
+        ex.close()
+        raise
     twins, own = _thread_twins(acfg, configs), _own_threads(acfg)
     rows: list[dict] = []
     try:
@@ -660,16 +756,22 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
             base = {"row": name, "seed": seed, "search_val_acc": None, "search_seconds": 0.0}
             if found is not None:
                 base.update(found)
-                genotype = Genotype.from_dict(json.loads(found["genotype"]))
+                genotype = genotype_from_dict(json.loads(found["genotype"]))
             elif search is not None:
                 base.update(search_val_acc=search["final_val_acc"],
                             search_seconds=search["wall_seconds"] + search.get("select_seconds", 0.0),  # + selection
                             **_final_telemetry(sdir),
                             **{"config[search]": _settings_cell(configs[name, seed, "search"], (name, seed, "search") in own)})
-                genotype = Genotype.from_dict(search["genotype"])
+                genotype = genotype_from_dict(search["genotype"])
+                if "argmax_genotype" in search and get_space(space).has_ground_truth:  # perturbation selection's search
+                    base["argmax_genotype"] = json.dumps(search["argmax_genotype"])
             else:
-                genotype = resolve_genotype(genotype_spec)
+                genotype = resolve_genotype(genotype_spec, space)
             base.update({"genotype": json.dumps(genotype.to_dict()), **_distinct_ops(genotype)})
+            if get_space(space).has_ground_truth:  # the table's values, looked up again (never stored as given)
+                base.update(_ground_truth(genotype))
+                if base.get("argmax_genotype"):
+                    base.update(_ground_truth(genotype_from_dict(json.loads(base["argmax_genotype"])), "argmax_"))
             for t in range(acfg.train_seeds):
                 row = {**base, "train_seed": train_seed(seed, t)}
                 for tr in trainings:
@@ -707,6 +809,15 @@ def run_ablation(acfg: AblateConfig, overrides: list[str], out: Path, force: boo
 
 def _plot(rows: list[dict], acfg: AblateConfig, run: RunDir) -> None:
     labels = {r.name: r.label or r.name for r in acfg.rows}
+    if any("gt_cifar10" in r for r in rows):
+        from nge.spaces.nb201_table import optimum, uniform_mean
+
+        groups = [(label, _values(mine, f"{pre}gt_cifar10")) for name, label, mine, pre in _selections(rows, acfg)
+                  if name != RANDOM_ROW]
+        path = run.file("ablation.png" if not ablate_trainings(acfg) else "ground-truth.png")
+        viz.plot_ground_truth(groups, uniform_mean("cifar10"), optimum("cifar10")["accuracy"], path)
+        if not ablate_trainings(acfg):
+            return
     viz.plot_ablation(rows, list(labels), [tr.name for tr in ablate_trainings(acfg)], run.file("ablation.png"), labels)
 
 
@@ -732,8 +843,13 @@ def tabulate(acfg: AblateConfig, table: Path, out: Path | None = None, overrides
     return run.path
 
 
+def _known(v) -> bool:
+    """A measured value: not None (not searched, or every step skipped) and not NaN or infinite (diverged)."""
+    return v is not None and not (isinstance(v, float) and not math.isfinite(v))
+
+
 def _values(rows: list[dict], key: str) -> list[float]:
-    return [r[key] for r in rows if r.get(key) is not None]  # None: not searched, or every step skipped
+    return [r[key] for r in rows if _known(r.get(key))]
 
 
 def _mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -756,9 +872,88 @@ def write_tables(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[
     _write_md(rows, acfg, run, twins)
 
 
+def _selections(rows: list[dict], acfg: AblateConfig) -> list[tuple[str, str, list[dict], str]]:
+    """(row name, label, lines, column prefix) per row and cell choice: a search with perturbation selection
+    gives two, its argmax-P cell (columns argmax_*) and its selected cell; other rows one."""
+    out = []
+    for spec in acfg.rows:
+        mine = [r for r in rows if r["row"] == spec.name and r.get("train_seed", r["seed"]) == r["seed"]]
+        if not mine:
+            continue
+        label = spec.label or spec.name
+        if any(r.get("argmax_gt_cifar10") is not None for r in mine):
+            out += [(spec.name, f"{label}, argmax P", mine, "argmax_"), (spec.name, f"{label}, perturbation", mine, "")]
+        else:
+            out.append((spec.name, label, mine, ""))
+    return out
+
+
+def ground_truth_tables(rows: list[dict], acfg: AblateConfig) -> str:
+    """The NAS-Bench-201 tables: each row's cells judged by the benchmark's table (200-epoch test accuracy),
+    against the exact mean of a uniformly random cell (all 15,625) and the optimum."""
+    from nge.spaces.nb201_table import optimum, uniform_mean, uniform_std
+
+    mu, opt = uniform_mean("cifar10"), optimum("cifar10")["accuracy"]
+    head = ["Model", "CIFAR-10 (%)", "− random cell (points) [90%]", "Gap to optimum", "CIFAR-100 (%)",
+            "ImageNet16-120 (%)", "Distinct ops", "P entropy", "Search time (min)", "Seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, label, mine, pre in _selections(rows, acfg):
+        if name == RANDOM_ROW:
+            lines.append(f"| {label} (exact, all 15,625) | {mu:.2f} ± {uniform_std('cifar10'):.2f} | 0 | {opt - mu:.2f} | "
+                         f"{uniform_mean('cifar100'):.2f} | {uniform_mean('imagenet16-120'):.2f} | n/a | n/a | 0 | exact |")
+            continue
+        c10 = _values(mine, f"{pre}gt_cifar10")
+        diff = "n/a"
+        if len(c10) >= 2:
+            m, lo, hi = t_interval_90([x - mu for x in c10])
+            diff = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        searched = any(r.get("search_seconds") for r in mine)
+        lines.append(" | ".join([
+            f"| {label}", _mean_std(c10, 1), diff, f"{opt - statistics.mean(c10):.2f}" if c10 else "n/a",
+            _mean_std(_values(mine, f"{pre}gt_cifar100"), 1), _mean_std(_values(mine, f"{pre}gt_imagenet16"), 1),
+            _mean_std(_values(mine, "cell_ops"), 1, 1) if not pre else "n/a", _mean_std(_values(mine, "cell_entropy"), 1, 3),
+            f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a", f"{len(c10)} |"]))
+    note = (f"\nEvery cell judged by the NAS-Bench-201 table (test accuracy after the benchmark's 200-epoch training, "
+            f"mean over its seeds): no training here. Random cell: the exact mean ± std over all 15,625 cells. − random "
+            f"cell: the mean over seeds of (cell − {mu:.2f}) with a 90% t interval over seeds. Gap to optimum: "
+            f"{opt:.2f} − the mean. A row with perturbation selection gives two cells from one search: argmax P "
+            "(the paper's rule) and the perturbation-selected one. Distinct ops: of the 5 in the selected cell's 6 edges; "
+            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform).\n")
+    return "\n".join(lines) + "\n" + note + _ground_truth_pairs(rows, acfg)
+
+
+def _ground_truth_pairs(rows: list[dict], acfg: AblateConfig) -> str:
+    """CIFAR-10 ground truth paired by seed: each row's perturbation-selected cell against its argmax-P cell,
+    and every row against the first searched row (the baseline, e.g. DARTS) at the same cell choice."""
+    sel = [x for x in _selections(rows, acfg) if x[0] != RANDOM_ROW]
+    names = list(dict.fromkeys(x[0] for x in sel))
+    base = "darts" if "darts" in names else (names[0] if names else None)
+    pairs = [(b, a) for b in sel for a in sel if a[0] == b[0] and a[3] == "argmax_" and b[3] == ""]
+    pairs += [(b, a) for b in sel for a in sel if a[0] == base and b[0] != base and a[3] == b[3]]
+    out = []
+    for (_, lb, mb, pb), (_, la, ma, pa) in pairs:
+        va = {r["seed"]: r.get(f"{pa}gt_cifar10") for r in ma}
+        d = [r[f"{pb}gt_cifar10"] - va[r["seed"]] for r in mb
+             if r.get(f"{pb}gt_cifar10") is not None and va.get(r["seed"]) is not None]
+        if len(d) >= 2:
+            m, lo, hi = t_interval_90(d)
+            out.append(f"| {lb} | {la} | {len(d)} | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    if not out:
+        return ""
+    return "\n".join(["", "### Paired differences (CIFAR-10 ground truth)", "",
+                      "| Cells | minus cells | Seeds | Difference (points) [90%] |", "|---|---|---|---|", *out, "",
+                      f"Paired by search seed: each row's two cell choices, and each row against {base} at the same "
+                      f"choice; {len(out)} comparisons, each 90% interval on its own (not adjusted for their number).",
+                      ""]) + "\n"
+
+
 def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tuple[str, str]] = ()) -> None:
     seeds = {r["seed"] for r in rows}
     tps = [tr.name for tr in ablate_trainings(acfg)]
+    truth = ground_truth_tables(rows, acfg) if any("gt_cifar10" in r for r in rows) else ""
+    if not tps:
+        atomic_write_text(run.file("ablation.md"), truth)
+        return
     vals = [tp for tp in tps if any(f"val_acc[{tp}]" in r for r in rows)]
     head = ["Model", "Search val acc (%)"] + [f"Val acc (%), {tp}" for tp in vals]
     head += [f"Test acc (%), {tp}" for tp in tps] + [f"RI (%), {tp}" for tp in tps]
@@ -802,16 +997,16 @@ def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tup
                "training seeds, with a 90% t interval over seeds (a seed's cell is one sample)." if paired else "")
             + "\n")
     text = ("\n".join(lines) + "\n" + note + _pairs_table(rows, acfg, vals) + _twin_table(rows, acfg, twins)
-            + evaluator_tables(rows, acfg))
+            + evaluator_tables(rows, acfg) + (f"\n### Ground truth\n\n{truth}" if truth else ""))
     atomic_write_text(run.file("ablation.md"), text)
 
 
 def paired_differences(mine: list[dict], random: list[dict], key: str) -> list[float]:
     """Per seed both rows have: the mean over their common training seeds of mine - random, in points."""
-    ref = {(r["seed"], r["train_seed"]): r[key] for r in random if r.get(key) is not None}
+    ref = {(r["seed"], r["train_seed"]): r[key] for r in random if _known(r.get(key))}
     by_seed: dict[int, list[float]] = {}
     for r in mine:
-        if r.get(key) is not None and (r["seed"], r["train_seed"]) in ref:
+        if _known(r.get(key)) and (r["seed"], r["train_seed"]) in ref:
             by_seed.setdefault(r["seed"], []).append(100 * (r[key] - ref[r["seed"], r["train_seed"]]))
     return [statistics.mean(d) for _, d in sorted(by_seed.items())]
 
@@ -829,33 +1024,46 @@ PROJECTION_LIMIT = 1000  # seeds
 
 def _pairs_table(rows: list[dict], acfg: AblateConfig, vals: list[str]) -> str:
     """Every later row against every earlier one (random cells included), paired by seed and training seed:
-    the comparisons the main table's random-cell column leaves out, e.g. a lever against the default."""
+    the comparisons the main table's random-cell column leaves out, e.g. a lever against the default. With
+    a paired t test's p-value, raw and Holm-adjusted over all the table's comparisons."""
     labels = {r.name: r.label or r.name for r in acfg.rows}
     names = [r.name for r in acfg.rows if any(x["row"] == r.name for x in rows)]
-    out = []
+    found = []
     for tp in vals:
         key = f"val_acc[{tp}]"
         for j, b in enumerate(names):
             for a in names[:j]:
                 d = paired_differences([r for r in rows if r["row"] == b], [r for r in rows if r["row"] == a], key)
-                if len(d) < 2:
-                    continue
-                mean, lo, hi = t_interval_90(d)
-                need = n_to_clear_zero(mean, statistics.stdev(d), PROJECTION_LIMIT)
-                out.append(f"| {tp} | {labels[b]} | {labels[a]} | {len(d)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
-                           f"{statistics.stdev(d):.2f} | {need or ('never' if mean == 0 else f'> {PROJECTION_LIMIT}')} |")
-    if not out:
+                if len(d) >= 2:
+                    found.append((tp, b, a, d))
+    if not found:
         return ""
+    adjusted = holm([paired_t_p(d) for *_, d in found])
+    out = []
+    for (tp, b, a, d), p_holm in zip(found, adjusted, strict=True):
+        mean, lo, hi = t_interval_90(d)
+        need = n_for_power(mean, statistics.stdev(d), limit=PROJECTION_LIMIT)
+        out.append(f"| {tp} | {labels[b]} | {labels[a]} | {len(d)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+                   f"{statistics.stdev(d):.2f} | {_p(paired_t_p(d))} | {_p(p_holm)} | "
+                   f"{need or ('never' if mean == 0 else f'> {PROJECTION_LIMIT}')} |")
     return "\n".join(["", "### Paired differences between rows", "",
-                      "| Training | Row | minus row | Seeds | Val acc difference (points) [90%] | Std over seeds "
-                      "| Seeds for an interval clear of 0 |", "|---|---|---|---|---|---|---|", *out, "",
-                      "Paired at equal seeds and training seeds, as the main table's random-cell column. Seeds for an "
-                      "interval clear of 0: how many seeds the 90% interval would need to exclude 0 if the mean and "
-                      "the spread stayed as measured (a projection; the mean itself is uncertain).", ""]) + "\n"
+                      "| Training | Row | minus row | Seeds | Val acc difference (points) [90%] | Std over seeds | p | p, Holm "
+                      "| Seeds for 80% power |", "|---|---|---|---|---|---|---|---|---|", *out, "",
+                      f"{len(out)} comparison(s), paired at equal seeds and training seeds, as the main table's random-cell "
+                      "column. Each interval is at 90% on its own; p: two-sided paired t test of a difference of 0; p, Holm: "
+                      f"adjusted (Holm) over all {len(out)} comparisons of this table, which bounds the chance of any false "
+                      "finding among them. Seeds for 80% power: the fewest seeds at which the 90% interval would exclude 0 "
+                      "in 80% of repetitions if the true mean and spread were those measured (a projection: both are "
+                      "estimates; where the mean just clears 0 it does so half the time, at about half these seeds).",
+                      ""]) + "\n"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _agreement_cell(mine: list[dict]) -> str:
-    cells = {r["seed"]: Genotype.from_dict(json.loads(r["genotype"])) for r in mine}
+    cells = {r["seed"]: genotype_from_dict(json.loads(r["genotype"])) for r in mine}
     if len(cells) < 2:
         return "n/a"
     return f"{100 * mean_agreement(list(cells.values())):.1f}%"
@@ -866,7 +1074,7 @@ def _twin_table(rows: list[dict], acfg: AblateConfig, twins: list[tuple[str, str
     out = []
     labels = {r.name: r.label or r.name for r in acfg.rows}
     for a, b in twins:
-        cell = {(r["row"], r["seed"]): Genotype.from_dict(json.loads(r["genotype"])) for r in rows if r["row"] in (a, b)}
+        cell = {(r["row"], r["seed"]): genotype_from_dict(json.loads(r["genotype"])) for r in rows if r["row"] in (a, b)}
         shared = [agreement(cell[a, s], cell[b, s]) for s in seed_range(acfg) if (a, s) in cell and (b, s) in cell]
         if shared:
             out.append(f"| {labels[a]} | {labels[b]} | {len(shared)} | {100 * statistics.mean(shared):.1f}% | "
@@ -899,77 +1107,81 @@ def _scores(tp: str, rows: list[dict]) -> list[tuple[str, str, float]]:
     return [(key, what, 100.0), (f"tse[{tp}]", "-TSE", -1.0)]
 
 
+def _num(x: float, fmt: str = ".2f") -> str:
+    return "n/a" if math.isnan(x) else f"{x:{fmt}}"
+
+
 def evaluator_tables(rows: list[dict], acfg: AblateConfig) -> str:
     """Each training as an evaluator of cells: its ICC over the cells trained more than once (with a 90%
-    bootstrap interval over cells) and, against the reference training, rank correlations."""
+    bootstrap interval over cells) and, against the reference training, rank correlations. A non-finite
+    score (a diverged training's TSE) is left out, and counted in the note."""
     cells = _cells(rows, acfg)
     tps = [tr.name for tr in ablate_trainings(acfg)]
     if not any(len(v) > 1 for v in cells.values()):
         return ""
+    left_out = sum(isinstance(r.get(k), float) and not _known(r[k]) for r in rows for tp in tps
+                   for k, _, _ in _scores(tp, rows))
+
+    def scores(v: list[dict], key: str, scale: float) -> list[float]:
+        return [scale * r[key] for r in v if _known(r.get(key))]
+
     out = ["", "### Evaluators", "",
-           "| Evaluator | Score | Cells | ICC [90% CI] | Within-cell std | Smallest difference, 1 / 2 / 5 seeds "
-           "| CPU min per cell-training |", "|---|---|---|---|---|---|---|"]
-    icc_of = {}
+           "| Evaluator | Score | Cells | Cells with 2+ seeds | ICC [90% CI] | Within-cell std "
+           "| Smallest difference, 1 / 2 / 5 seeds | CPU min per cell-training |", "|---|---|---|---|---|---|---|---|"]
     for tp in tps:
         for key, what, scale in _scores(tp, rows):
-            groups = [[scale * r[key] for r in v if r.get(key) is not None] for v in cells.values()]
-            groups = [g for g in groups if g]
-            if sum(len(g) > 1 for g in groups) < 2:
+            groups = [g for g in (scores(v, key, scale) for v in cells.values()) if g]
+            replicated = sum(len(g) > 1 for g in groups)
+            if replicated < 2:
                 continue
             est = icc(groups)
-            icc_of[tp, what] = est
-            lo, hi = bootstrap(groups, icc)
             sd = math.sqrt(est.within)
-            mdd = " / ".join(f"{smallest_difference(sd, n):.2f}" for n in (1, 2, 5))
+            mdd = " / ".join(f"{smallest_difference(sd, n, est.df_within):.2f}" for n in (1, 2, 5))
             cpu = _values(rows, f"cpu_seconds[{tp}]")
             cpu_min = f"{statistics.mean(cpu) / 60:.1f}" if cpu else "n/a"
-            out.append(f"| {tp} | {what} | {len(groups)} | {est.icc:.2f} [{lo:.2f}, {hi:.2f}] | {sd:.3g} | {mdd} | {cpu_min} |")
+            out.append(f"| {tp} | {what} | {len(groups)} | {replicated} | {_num(est.icc)} {bootstrap(groups).show()} | "
+                       f"{sd:.3g} | {mdd} | {cpu_min} |")
     out += ["", "ICC = σ²_between / (σ²_between + σ²_within) of one-way ANOVA over cells (training seeds the "
-            "replicates); 1 = seeds never reorder cells. Smallest difference: between two cells' means of n seeds each, "
-            "detected at α = 0.05 (two-sided) with power 0.8, in the score's unit (accuracy points; TSE: loss). TSE: the sum of "
-            "the training losses over the epochs, negated so that higher is better.", ""]
+            "replicates; a cell with one seed adds to σ²_between only); 1 = seeds never reorder cells; n/a without any "
+            "variance. Smallest difference: between two cells' means of n seeds each, detected at α = 0.05 (two-sided) "
+            "with power 0.8 by a t test on the pooled within-cell std (its degrees of freedom: the seeds beyond one per "
+            "cell), in the score's unit (accuracy points; TSE: loss). TSE: the sum of the training losses over the "
+            "epochs, negated so that higher is better. Intervals: 2000 bootstrap resamples of the cells; where some "
+            "were dropped (no replicated cell, or a constant score: the statistic undefined), (kept/2000) follows."
+            + (f" {left_out} non-finite score(s) (a diverged training) left out." if left_out else ""), ""]
     if acfg.reference:
         ref_key, ref_what = _metric(acfg.reference, rows)
         drawn = {r.name for r in acfg.rows if r.name == RANDOM_ROW or (r.genotype or "").startswith("random:")}
         out += [f"Rank correlation of each evaluator's cell means with the reference `{acfg.reference}`, 90% bootstrap "
-                "over cells; corrected: divided by the square root of both reliabilities of a cell mean "
-                "(Spearman-Brown of the ICC), the correlation the evaluators' noise leaves room for; random cells: "
-                "over the uniformly drawn cells alone (named and searched cells left out), the cells an evaluator must "
-                "rank for a search to be judged against them.", "",
-                "| Evaluator | Score | Cells | Spearman [90% CI] | Kendall [90% CI] | Spearman, noise-corrected "
+                "over cells. Noise-corrected: Spearman divided by the square root of both evaluators' reliabilities of "
+                "a cell mean (Spearman-Brown of each one's ICC over these cells), clipped to [-1, 1], its interval "
+                "bootstrapped with both ICCs (a resample where either ICC is 0 or undefined is dropped): a rough "
+                "bound on the agreement the evaluators' seed noise hides, no sharper than the reference's own ICC. "
+                "Random cells: over the uniformly drawn cells alone (named and searched cells left out), the cells an "
+                "evaluator must rank for a search to be judged against them.", "",
+                "| Evaluator | Score | Cells | Spearman [90% CI] | Kendall [90% CI] | Spearman, noise-corrected [90% CI] "
                 "| Random cells | Spearman, random cells [90% CI] |", "|---|---|---|---|---|---|---|---|"]
         for tp in tps:
             if tp == acfg.reference:
                 continue
             for key, what, scale in _scores(tp, rows):
-                pairs = []
+                pairs = []  # per cell: the evaluator's and the reference's replicates, and whether it was drawn
                 for cell, v in cells.items():
-                    a = [scale * r[key] for r in v if r.get(key) is not None]
-                    b = [r[ref_key] for r in v if r.get(ref_key) is not None]
+                    a, b = scores(v, key, scale), scores(v, ref_key, 1.0)
                     if a and b:
-                        pairs.append((statistics.mean(a), statistics.mean(b), len(a), len(b), cell[0] in drawn))
+                        pairs.append((a, b, cell[0] in drawn))
                 if len(pairs) < 4:
                     continue
-                xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+                xs, ys = [statistics.mean(p[0]) for p in pairs], [statistics.mean(p[1]) for p in pairs]
                 rho, tau = spearman(xs, ys), kendall(xs, ys)
-                rlo, rhi = bootstrap_pairs(xs, ys, spearman)
-                klo, khi = bootstrap_pairs(xs, ys, kendall)
-                rel_a = _reliability(icc_of.get((tp, what)), statistics.mean(p[2] for p in pairs))
-                rel_b = _reliability(icc_of.get((acfg.reference, ref_what)), statistics.mean(p[3] for p in pairs))
-                corr = f"{rho / math.sqrt(rel_a * rel_b):.2f}" if rel_a and rel_b else "n/a"
-                rx, ry = [p[0] for p in pairs if p[4]], [p[1] for p in pairs if p[4]]
-                if len(rx) >= 4:
-                    lo, hi = bootstrap_pairs(rx, ry, spearman)
-                    among = f"{spearman(rx, ry):.2f} [{lo:.2f}, {hi:.2f}]"
-                else:
-                    among = "n/a"
-                out.append(f"| {tp} | {what} | {len(pairs)} | {rho:.2f} [{rlo:.2f}, {rhi:.2f}] | "
-                           f"{tau:.2f} [{klo:.2f}, {khi:.2f}] | {corr} | {len(rx)} | {among} |")
+
+                def corrected(sample: list[tuple]) -> float:
+                    return corrected_spearman([p[0] for p in sample], [p[1] for p in sample])
+
+                corr = f"{_num(corrected(pairs))} {resample(pairs, corrected).show()}"
+                rx, ry = [x for x, p in zip(xs, pairs, strict=True) if p[2]], [y for y, p in zip(ys, pairs, strict=True) if p[2]]
+                among = f"{_num(spearman(rx, ry))} {bootstrap_pairs(rx, ry, spearman).show()}" if len(rx) >= 4 else "n/a"
+                out.append(f"| {tp} | {what} | {len(pairs)} | {_num(rho)} {bootstrap_pairs(xs, ys, spearman).show()} | "
+                           f"{_num(tau)} {bootstrap_pairs(xs, ys, kendall).show()} | {corr} | {len(rx)} | {among} |")
         out.append("")
     return "\n".join(out) + "\n"
-
-
-def _reliability(est, k: float) -> float | None:
-    if est is None or est.icc <= 0:
-        return None
-    return k * est.icc / (1 + (k - 1) * est.icc)

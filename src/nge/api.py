@@ -3,15 +3,17 @@ and errors (NGEError, never SystemExit).
 
 Overrides are a dict of dotted keys or sections ({"data.root": "toy"} or {"data": {"root": "toy"}}),
 or keyword arguments named by a section (data={"root": "toy"}); their values keep their Python types.
-Each call restores the torch thread count and the RNG states (Python, numpy, torch) it changed.
-`log=False` prints nothing (no run log, no progress, no warnings); a callable receives the log lines.
+Each call restores the torch thread count and the RNG states (Python, numpy, torch, and CUDA's where it
+was initialised before the call) it changed. `log=False` prints nothing (no run log, no progress, no
+warnings): what the calling thread writes to stdout and stderr is dropped, other threads' output passes.
+A callable receives the log lines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +57,64 @@ def _overrides(overrides: dict[str, Any] | None, sections: dict[str, Any]) -> di
     return merged
 
 
+class _Muted:
+    """A stand-in for sys.stdout or sys.stderr that drops what the muted threads write (keeping nothing)
+    and passes every other thread's writes to the stream it replaced."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.threads = stream, {}  # thread id -> nesting depth
+
+    def write(self, text: str) -> int:
+        return len(text) if threading.get_ident() in self.threads else self.stream.write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if threading.get_ident() not in self.threads:
+            self.stream.flush()
+
+    def __getattr__(self, name: str):  # encoding, isatty, fileno, ...: the replaced stream's
+        return getattr(self.stream, name)
+
+
+_MUTE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _mute_this_thread() -> Iterator[None]:
+    """While inside, this thread's writes to sys.stdout and sys.stderr are dropped; nested and concurrent
+    uses share one stand-in per stream, which goes when its last muted thread leaves."""
+    me, muted = threading.get_ident(), []
+    with _MUTE_LOCK:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, _Muted):
+                stream = _Muted(stream)
+                setattr(sys, name, stream)
+            stream.threads[me] = stream.threads.get(me, 0) + 1
+            muted.append((name, stream))
+    try:
+        yield
+    finally:
+        with _MUTE_LOCK:
+            for name, stream in muted:
+                stream.threads[me] -= 1
+                if not stream.threads[me]:
+                    del stream.threads[me]
+                if not stream.threads and getattr(sys, name) is stream:  # else someone replaced it since: left alone
+                    setattr(sys, name, stream.stream)
+
+
 @contextlib.contextmanager
 def _contained(log: Log) -> Iterator[Callable[[str], None]]:
     """The log function to use; restores threads and RNG states afterwards, and with log=False
-    swallows whatever the run writes to stdout and stderr."""
+    drops whatever this thread writes to stdout and stderr meanwhile."""
     threads, rng = torch.get_num_threads(), rng_state()
     quiet = log is False or log is None
-    sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(), \
-                contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
+        with _mute_this_thread() if quiet else contextlib.nullcontext():
             if quiet:
                 yield lambda _msg: None
             else:

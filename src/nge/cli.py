@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a trained network to ONNX or torch.export, checked against PyTorch")
     e.add_argument("run", metavar="RUN", help="an nge train run directory or its model.pt")
     e.add_argument("--format", choices=["onnx", "pt2"], default="onnx", help="onnx (needs nge[onnx]) or pt2 (default: onnx)")
-    e.add_argument("--out", metavar="FILE", help="the file to write (default: RUN/model.onnx or RUN/model.pt2)")
+    e.add_argument("--out", metavar="FILE", help="the file to write, ending in .onnx or .pt2 as --format says "
+                   "(default: RUN/model.onnx or RUN/model.pt2)")
     e.add_argument("--force", action="store_true", help="replace an existing file")
     e.set_defaults(func=cmd_export)
 

@@ -16,7 +16,10 @@ added since, in this one place) are dropped where they hold their schema default
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -281,6 +284,45 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return " ".join(msg.splitlines())
 
 
+def _container_mismatch(hint: Any, value: Any, key: str) -> str | None:
+    """The first key where `value` gives a list for a mapping of the schema type `hint`, or a mapping for a
+    list, as a message; None where there is none."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        return next((m for h in typing.get_args(hint) if h is not type(None)
+                     if (m := _container_mismatch(h, value, key))), None)
+    wants_list = origin is list
+    wants_map = origin is dict or dataclasses.is_dataclass(hint)
+    if wants_list and isinstance(value, dict):
+        return f"{key} must be a list [...], not a mapping; a list is given whole, not item by item"
+    if wants_map and isinstance(value, list):
+        return f"{key} must be a mapping (key: value), not a list"
+    if wants_list and isinstance(value, list):
+        (item,) = typing.get_args(hint) or (Any,)
+        return next((m for i, v in enumerate(value) if (m := _container_mismatch(item, v, f"{key}[{i}]"))), None)
+    if isinstance(value, dict) and origin is dict:
+        item = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+        return next((m for k, v in value.items() if (m := _container_mismatch(item, v, f"{key}.{k}"))), None)
+    if isinstance(value, dict) and dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return next((m for k, v in value.items() if k in hints
+                     if (m := _container_mismatch(hints[k], v, f"{key}.{k}" if key else str(k)))), None)
+    return None
+
+
+def _mismatch_message(schema: type, text: str, preset: str, overrides: list[str] | dict[str, Any], e: TypeError) -> str:
+    """OmegaConf's TypeError on a merge, in one line naming the key and where it was given."""
+    sources = [(yaml.safe_load(text), f"preset {preset}")]
+    if isinstance(overrides, dict):
+        sources.append((_nested(overrides)[0], "the overrides"))
+    else:
+        sources += [(OmegaConf.to_container(OmegaConf.from_dotlist([o])), f"override {o}") for o in overrides]
+    for data, where in sources:
+        if (msg := _container_mismatch(schema, data or {}, "")) is not None:
+            return f"{msg} ({where})"
+    return _first_line(str(e), type(e).__name__)
+
+
 def _unparsable(preset: str, overrides: list[str] | dict[str, Any], e: yaml.YAMLError) -> str:
     """Which override (else the preset) is not valid YAML, in one line."""
     for item in overrides if isinstance(overrides, list) else ():
@@ -386,6 +428,8 @@ def load_config(schema: type[T], kind: str, preset: str, overrides: list[str] | 
         raise NGEError(f"bad configuration: {_one_line(e)}") from None
     except yaml.YAMLError as e:  # an override value that is not valid YAML
         raise NGEError(f"bad configuration: {_unparsable(preset, overrides, e)}") from None
+    except TypeError as e:  # OmegaConf merging a list into a mapping or back: it names no key
+        raise NGEError(f"bad configuration: {_mismatch_message(schema, text, preset, overrides, e)}") from None
     _resolve(obj)
     validate(obj)
     _refuse_inert(obj, keys)
@@ -534,8 +578,6 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(0.0 < cfg.data.train_portion < 1.0, f"data.train_portion must be in (0, 1), got {cfg.data.train_portion}")
     _check(s.epochs >= 1, f"search.epochs must be >= 1, got {s.epochs}")
     _check(0 <= s.warmup_epochs < s.epochs, f"search.warmup_epochs must be in [0, search.epochs), got {s.warmup_epochs}")
-    _check(s.space == "darts" or s.strategy == Strategy.gd,
-           f"search.strategy={s.strategy} searches the darts space only for now; search.space={s.space} takes search.strategy=gd")
     _check(s.select == Selection.argmax or s.strategy == Strategy.gd,
            f"search.select={s.select} is gd's; search.strategy={s.strategy} chooses its own cell (use search.select=argmax)")
     _check(s.select_batches >= 1, f"search.select_batches must be >= 1, got {s.select_batches}")
@@ -665,6 +707,7 @@ class AblateConfig:
     first_seed: int = 0  # the seeds are first_seed .. first_seed + seeds - 1 (fresh seeds for a confirmation)
     search_preset: str = "quick"
     search_overrides: list[str] = field(default_factory=list)
+    # empty: no training; only where the space has a table of trained cells (nb201), which scores each cell
     train_presets: list[str] = field(default_factory=lambda: ["quick"])
     train_overrides: list[str] = field(default_factory=list)
     # In place of train_presets and train_overrides: trainings with names and their own overrides.
@@ -750,12 +793,13 @@ def _validate_ablate(cfg: AblateConfig) -> None:
     names = [r.name for r in cfg.rows]
     _check(bool(names) and len(set(names)) == len(names) and all(n and "/" not in n for n in names),
            "rows must have distinct, non-empty names without '/'")
-    _check(bool(cfg.train_presets) or bool(cfg.trainings), "train_presets is empty")
     _check(not (cfg.trainings and cfg.train_overrides), "give trainings their own overrides, not train_overrides")
     _check(cfg.train_seeds >= 1, f"train_seeds must be >= 1, got {cfg.train_seeds}")
     trainings = [t.name for t in ablate_trainings(cfg)]
     _check(len(set(trainings)) == len(trainings) and all(n and "/" not in n for n in trainings),
            "trainings must have distinct, non-empty names without '/'")
+    _check("search" not in trainings, "a training may not be named 'search' (the table's config[search] column "
+           "holds the searches' settings); rename it")
     _check(all(t.seeds is None or t.seeds >= 1 for t in cfg.trainings), "a training's seeds must be >= 1")
     for t in cfg.trainings:
         for row, n in t.row_seeds.items():

@@ -105,6 +105,25 @@ def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 RUNNERS = {"onnx": onnx_runner, "pt2": pt2_runner}
 WRITERS = {"onnx": _write_onnx, "pt2": _write_pt2}
+RUNTIMES = {"onnx": "onnxruntime", "pt2": "torch.export"}
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first non-empty line, with its type, at most `limit` characters."""
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    text = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def failing(what: str) -> Iterator[None]:
+    """Any exception inside (an exporter's, a runtime's) as a one-line NGEError: `what` and its first line."""
+    try:
+        yield
+    except NGEError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporters and runtimes raise many kinds
+        raise NGEError(f"{what} ({first_line(e)})") from None
 
 
 def check(model: Classifier, run: Callable[[np.ndarray], np.ndarray]) -> dict[int, float]:
@@ -115,7 +134,8 @@ def check(model: Classifier, run: Callable[[np.ndarray], np.ndarray]) -> dict[in
         x = _example(model, batch, 1 + batch)
         with torch.no_grad():
             want = model(x).numpy()
-        got = np.asarray(run(x.numpy()))
+        with failing(f"the export failed to run on a batch of {batch}"):
+            got = np.asarray(run(x.numpy()))
         if got.shape != want.shape:
             raise NGEError(f"the export gives logits of shape {got.shape} for a batch of {batch}, PyTorch {want.shape}")
         diffs[batch] = float(np.abs(got - want).max())
@@ -141,6 +161,10 @@ def export(run: str | Path, fmt: str = "onnx", out: str | Path | None = None, fo
     path = Path(out).expanduser() if out is not None else source.parent / f"model{FORMATS[fmt]}"
     if path.is_dir():
         raise NGEError(f"{path} is a directory; --out names the file to write")
+    if path.suffix != FORMATS[fmt]:  # nge predict tells the formats by their suffix
+        other = next((f" or give --format {f}" for f, suffix in FORMATS.items() if suffix == path.suffix), "")
+        raise NGEError(f"--out {path} does not end in {FORMATS[fmt]}, which --format {fmt} writes; name a {FORMATS[fmt]} "
+                       f"file{other}")
     if path.exists() and not force:
         raise NGEError(f"{path} already exists: use --force to replace it")
     if not path.parent.is_dir():
@@ -148,8 +172,11 @@ def export(run: str | Path, fmt: str = "onnx", out: str | Path | None = None, fo
     model = load(source)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants the .pt2 suffix
     try:
-        WRITERS[fmt](model, tmp)
-        diffs = check(model, RUNNERS[fmt](tmp))
+        with failing(f"the {fmt} exporter failed"):
+            WRITERS[fmt](model, tmp)
+        with failing(f"{RUNTIMES[fmt]} could not load the export"):
+            run_export = RUNNERS[fmt](tmp)
+        diffs = check(model, run_export)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -81,6 +81,26 @@ def read_model(run: str | Path) -> tuple[dict, Path]:
     return ckpt, path
 
 
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _keys(keys: list[str], shown: int = 4) -> str:
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _misfit(want: dict, got: dict) -> str:
+    """Why the state dict `got` does not load into a network whose own is `want`: its missing and unexpected
+    keys and its tensors of another shape (a few of each, in one line); "" where it fits."""
+    missing, unexpected = [k for k in want if k not in got], [k for k in got if k not in want]
+    shapes = [f"{k} {tuple(got[k].shape)} for {tuple(want[k].shape)}" for k in want
+              if k in got and hasattr(got[k], "shape") and got[k].shape != want[k].shape]
+    parts = [f"missing {_keys(missing)}" if missing else "", f"unexpected {_keys(unexpected)}" if unexpected else "",
+             f"other shapes: {_keys(shapes, 2)}" if shapes else ""]
+    return _shorten("; ".join(p for p in parts if p))
+
+
 def load(run: str | Path) -> Classifier:
     """The trained network of a training run directory or its model.pt, on the CPU in eval mode."""
     ckpt, path = read_model(run)
@@ -96,9 +116,12 @@ def load(run: str | Path) -> Classifier:
         net = build_network(m, genotype, pre.channels, len(classes), imagenet=cfg.get("data", {}).get("name") == "imagenet")
     net.auxiliary_head = None  # trained weights of it are dropped below: inference never runs it
     state = {k: v for k, v in ckpt["task"]["net"].items() if not k.startswith("auxiliary_head.")}
+    if why := _misfit(net.state_dict(), state):
+        raise NGEError(f"{path} does not fit its own network: {why}")
     try:
         net.load_state_dict(state)
-    except RuntimeError as e:
-        raise NGEError(f"{path} does not fit its own network ({str(e).strip().splitlines()[0][:200]})") from None
+    except RuntimeError as e:  # what _misfit does not see; torch's first line is only a header
+        lines = [x.strip() for x in str(e).strip().splitlines()[1:] if x.strip()] or [str(e).strip()]
+        raise NGEError(f"{path} does not fit its own network: {_shorten('; '.join(lines))}") from None
     net.set_drop_path(0.0)
     return Classifier(net, classes, pre, genotype, cfg, path).eval()

@@ -15,7 +15,7 @@ import torch
 from nge.data.preprocess import Preprocess
 from nge.data.transforms import IMAGE_EXTENSIONS
 from nge.errors import NGEError
-from nge.export import FORMATS, METADATA_KEYS, RUNNERS, require_onnx
+from nge.export import FORMATS, METADATA_KEYS, RUNNERS, RUNTIMES, failing, require_onnx
 from nge.inference import load
 
 BATCH = 32  # images decoded and run at a time
@@ -66,8 +66,14 @@ def open_model(model: str | Path) -> Predictor:
                 raise NGEError(f"{path} is not a readable torch.export file ({type(e).__name__})") from None
             fmt = "pt2"
         classes, pre = _from_metadata(meta, path)
-        run = RUNNERS[fmt](path)
-        return Predictor(classes, pre, lambda x: np.asarray(run(x.numpy())), path)
+        with failing(f"{RUNTIMES[fmt]} could not load {path}"):
+            run = RUNNERS[fmt](path)
+
+        def exported(x: torch.Tensor) -> np.ndarray:
+            with failing(f"{RUNTIMES[fmt]} failed to run {path}"):
+                return np.asarray(run(x.numpy()))
+
+        return Predictor(classes, pre, exported, path)
     net = load(path)
 
     def logits(x: torch.Tensor) -> np.ndarray:
@@ -103,7 +109,11 @@ def predict(model: Predictor, inputs: Sequence[str | Path], top: int = 5) -> Ite
     k = min(top, len(model.classes))
     for start in range(0, len(files), BATCH):
         chunk = files[start:start + BATCH]
-        probs = torch.from_numpy(model.logits(model.preprocess(chunk))).double().softmax(1)
+        logits = model.logits(model.preprocess(chunk))
+        if start == 0 and (logits.ndim != 2 or logits.shape[1] != len(model.classes)):  # one network: checked once
+            raise NGEError(f"{model.source} gives logits of shape {tuple(logits.shape)} for {len(chunk)} image(s) but names "
+                           f"{len(model.classes)} classes: its class names do not fit its network")
+        probs = torch.from_numpy(logits).double().softmax(1)
         p, idx = probs.topk(k, dim=1)
         for f, pi, ki in zip(chunk, p.tolist(), idx.tolist(), strict=True):
             yield {"image": str(f), "top": [{"class": model.classes[j], "prob": q} for q, j in zip(pi, ki, strict=True)]}

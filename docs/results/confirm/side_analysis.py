@@ -5,7 +5,7 @@ import csv
 import statistics
 
 from nge.ablate import paired_differences
-from nge.stats import n_to_clear_zero, t_interval_90
+from nge.stats import n_for_power, t_interval_90
 
 KEYS = ("val_acc[proxy]", "tse[proxy]", "test_acc[proxy]")
 
@@ -30,7 +30,7 @@ def show(rows, a, b, key, scale, tag=""):
     m, lo, hi = t_interval_90(d)
     sd = statistics.stdev(d)
     print(f"{tag}{b} - {a} [{key}]: n={len(d)} {m:+.3f} [{lo:+.3f}, {hi:+.3f}] sd {sd:.3f} "
-          f"seeds-to-clear {n_to_clear_zero(m, sd)} per-seed {[round(x, 2) for x in d]}")
+          f"seeds-for-80%-power {n_for_power(m, sd)} per-seed {[round(x, 2) for x in d]}")
 
 
 conf = load("docs/results/confirm/ablation.csv")

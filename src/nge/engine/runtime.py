@@ -162,7 +162,7 @@ def rng_state() -> dict:
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # reading it would initialise CUDA: a CPU run never does
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -173,4 +173,4 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"])  # lazy: applied when CUDA is first initialised
