@@ -200,6 +200,13 @@ def test_train_builds_the_benchmark_network_for_a_cell_string(tmp_path):
     assert 0.0 <= summary["final_test_acc"] <= 1.0
     net = Nb201Network(Nb201Genotype.from_str(BEST), C=cfg.model.C, N=1, num_classes=4)
     assert summary["params"] == sum(p.numel() for p in net.parameters())
+    from nge.export import export
+    from nge.inference import load
+
+    model = load(tmp_path / "t")
+    assert model.genotype == Nb201Genotype.from_str(BEST)
+    export(tmp_path / "t", "pt2", tmp_path / "m.pt2", log=lambda *_: None)  # checked against PyTorch inside
+    assert (tmp_path / "m.pt2").stat().st_size > 1000
 
 
 @pytest.mark.slow  # 4 tiny searches
