@@ -66,7 +66,7 @@ from nge.errors import NGEError
 from nge.genotypes import load_genotype, resolve_genotype
 from nge.searching import run_search
 from nge.space import Genotype
-from nge.spaces import genotype_from_dict, get_space, space_of
+from nge.spaces import genotype_from_dict, get_space, nb201, space_of
 from nge.stats import (
     bootstrap,
     bootstrap_pairs,
@@ -895,12 +895,13 @@ def ground_truth_tables(rows: list[dict], acfg: AblateConfig) -> str:
 
     mu, opt = uniform_mean("cifar10"), optimum("cifar10")["accuracy"]
     head = ["Model", "CIFAR-10 (%)", "− random cell (points) [90%]", "Gap to optimum", "CIFAR-100 (%)",
-            "ImageNet16-120 (%)", "Distinct ops", "P entropy", "Search time (min)", "Seeds"]
+            "ImageNet16-120 (%)", "Distinct ops", "P entropy", "Agreement across seeds", "Search time (min)", "Seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, label, mine, pre in _selections(rows, acfg):
         if name == RANDOM_ROW:
             lines.append(f"| {label} (exact, all 15,625) | {mu:.2f} ± {uniform_std('cifar10'):.2f} | 0 | {opt - mu:.2f} | "
-                         f"{uniform_mean('cifar100'):.2f} | {uniform_mean('imagenet16-120'):.2f} | n/a | n/a | 0 | exact |")
+                         f"{uniform_mean('cifar100'):.2f} | {uniform_mean('imagenet16-120'):.2f} | n/a | n/a | "
+                         f"{100 / len(nb201.PRIMITIVES):.1f}% | 0 | exact |")
             continue
         c10 = _values(mine, f"{pre}gt_cifar10")
         diff = "n/a"
@@ -912,13 +913,15 @@ def ground_truth_tables(rows: list[dict], acfg: AblateConfig) -> str:
             f"| {label}", _mean_std(c10, 1), diff, f"{opt - statistics.mean(c10):.2f}" if c10 else "n/a",
             _mean_std(_values(mine, f"{pre}gt_cifar100"), 1), _mean_std(_values(mine, f"{pre}gt_imagenet16"), 1),
             _mean_std(_values(mine, "cell_ops"), 1, 1) if not pre else "n/a", _mean_std(_values(mine, "cell_entropy"), 1, 3),
+            _agreement_cell(mine, f"{pre}genotype"),
             f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a", f"{len(c10)} |"]))
     note = (f"\nEvery cell judged by the NAS-Bench-201 table (test accuracy after the benchmark's 200-epoch training, "
             f"mean over its seeds): no training here. Random cell: the exact mean ± std over all 15,625 cells. − random "
             f"cell: the mean over seeds of (cell − {mu:.2f}) with a 90% t interval over seeds. Gap to optimum: "
             f"{opt:.2f} − the mean. A row with perturbation selection gives two cells from one search: argmax P "
             "(the paper's rule) and the perturbation-selected one. Distinct ops: of the 5 in the selected cell's 6 edges; "
-            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform).\n")
+            "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform). Agreement: the share "
+            "of edges two seeds' cells give the same op, averaged over pairs of seeds (uniformly random cells: 20%).\n")
     return "\n".join(lines) + "\n" + note + _ground_truth_pairs(rows, acfg)
 
 
@@ -1062,8 +1065,8 @@ def _p(p: float) -> str:
     return "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _agreement_cell(mine: list[dict]) -> str:
-    cells = {r["seed"]: genotype_from_dict(json.loads(r["genotype"])) for r in mine}
+def _agreement_cell(mine: list[dict], column: str = "genotype") -> str:
+    cells = {r["seed"]: genotype_from_dict(json.loads(r[column])) for r in mine if r.get(column)}
     if len(cells) < 2:
         return "n/a"
     return f"{100 * mean_agreement(list(cells.values())):.1f}%"

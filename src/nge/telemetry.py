@@ -57,9 +57,12 @@ def op_counts(cell: CellGenotype, primitives: Sequence[str] = PRIMITIVES) -> dic
     return {op: counts[op] for op in primitives if counts[op]}
 
 
-def agreement(a: Genotype, b: Genotype) -> float:
+def agreement(a, b) -> float:
     """The share of (node, input, op) choices two genotypes share: for every intermediate node of both
-    cell types, how many of its two (input, op) choices the other genotype also makes there."""
+    cell types, how many of its two (input, op) choices the other genotype also makes there. For
+    NAS-Bench-201 cells (every edge kept): the share of edges with the same op."""
+    if hasattr(a, "ops"):
+        return sum(x == y for x, y in zip(a.ops, b.ops, strict=True)) / len(a.ops)
     same = total = 0
     for c in ("normal", "reduce"):
         ca, cb = getattr(a, c), getattr(b, c)
