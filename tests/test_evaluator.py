@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from nge.ablate import _configs, paired_differences, run_ablation, write_tables
 from nge.cli import main
-from nge.config import AblateConfig
-from nge.data.sets import ImageSet
+from nge.config import AblateConfig, TrainRunConfig, load_config
+from nge.data.sets import Dataset, ImageSet, split_train_val
 from nge.engine import RunDir
 from nge.errors import NGEError
 from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype, random_genotype
@@ -41,9 +41,10 @@ from nge.stats import (
     t_quantile,
 )
 from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement
-from nge.training import held_out
+from nge.training import held_out, tensor_data
 
 QUIET = ["runtime.progress=false", "runtime.threads=1"]
+CPU = torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -338,6 +339,32 @@ def test_held_out_images_are_fixed_and_never_trained_on():
     assert held_out(train, 0) == (train, None)
     with pytest.raises(NGEError, match="leaves no training images"):
         held_out(train, n)
+
+
+def test_a_training_keeps_the_images_a_search_of_its_seed_keeps():
+    n, limit = 200, 60
+    images = ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1), torch.arange(n) % 10)
+    data = Dataset("synthetic", images, images.subset(torch.arange(10)), 10, (0.5,), (0.25,))
+    ids = lambda x: set(x.flatten().tolist())  # noqa: E731
+    kept = {}
+    for seed in (0, 1):
+        tr, va = split_train_val(images, 0.5, seed, limit)
+        searched = ids(tr.x) | ids(va.x)
+        assert len(searched) == limit
+        small = split_train_val(images, 0.5, seed, limit // 2)
+        assert ids(small[0].x) | ids(small[1].x) < searched  # a smaller limit keeps some of the same images
+        cfg = load_config(TrainRunConfig, "train", "smoke", [*QUIET, f"data.limit={limit}", f"runtime.seed={seed}"])
+        assert ids(tensor_data(cfg, data, CPU).train.x) == searched
+        # data.val: the searched images less the held-out ones, then the seed's next ones
+        cfg = load_config(TrainRunConfig, "train", "smoke", [*QUIET, f"data.limit={limit}", f"runtime.seed={seed}",
+                                                             "data.val=50"])
+        td = tensor_data(cfg, data, CPU)
+        held, kept[seed] = ids(td.val.x), ids(td.train.x)
+        assert held == ids(held_out(images, 50)[1].x) and len(held) == 50
+        assert len(kept[seed]) == limit and not kept[seed] & held and searched - held <= kept[seed]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        assert kept[seed] == set([i for i in order if i not in held][:limit])
+    assert kept[0] != kept[1]  # the seed chooses them
 
 
 def test_train_reports_validation_accuracy_and_refuses_too_many_images(tmp_path, capsys):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +255,33 @@ def test_a_file_pillow_cannot_decode_or_convert_stops_the_cli_with_one_line(tmp_
                               "data.image_size=10", "data.channels=1", "data.workers=1", "data.batch_size=64",
                               "train.epochs=1"])
     assert "cannot decode image" in line and "LAB" in line and str(lab) in line
+
+
+def test_a_worker_error_stops_the_run_and_its_workers_at_once(tmp_path, capsys, monkeypatch, colour):
+    """Worker 0's first image (the first of batch 1) is unreadable; every other image takes 30 s to
+    decode. The error ends the run at batch 1 and the workers are gone when it returns: torch alone
+    would leave them decoding until it collects the iterator, then wait up to 5 s for each."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png" * 20)
+    real = folder_mod.decode
+
+    def decode(path, channels, size):  # runs in the forked workers
+        if torch.utils.data.get_worker_info().id == 0 and not hasattr(decode, "seen"):
+            decode.seen = True
+            return real(bad, channels, size)
+        time.sleep(30)
+        return real(path, channels, size)
+
+    monkeypatch.setattr(folder_mod, "decode", decode)
+    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT", 1)  # streamed
+    assert multiprocessing.active_children() == []
+    out = tmp_path / "t"
+    line = cli_error(capsys, ["train", "--preset", "smoke", "--genotype", "random:0", "--out", str(out), *QUIET,
+                              "runtime.threads=1", "data.name=folder", f"data.root={colour}", "data.image_size=10",
+                              "data.workers=2", "data.batch_size=4", "train.epochs=1"])
+    assert line == f"nge: error: cannot decode image {bad}: UnidentifiedImageError: cannot identify image file '{bad}'"
+    assert multiprocessing.active_children() == []  # no worker left decoding batch 2 or 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "genotype.json"]  # no epoch ended
 
 
 def test_an_inferred_image_size_under_8_is_refused_as_a_given_one(tmp_path, capsys, colour):

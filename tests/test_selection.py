@@ -102,6 +102,77 @@ def test_perturbation_selection_through_the_cli(tmp_path):
     assert summary["select_seconds"] > 0
 
 
+def _cheap_importance(seen: list):
+    """A stand-in for perturbation_importance that scores P once: ops = P x the loss under P."""
+    def importance(loss, probs, cell_types):
+        base = loss(probs)
+        seen.append((base, probs))
+        return {"base_loss": base, **{c: {"ops": p.double().cpu() * base, "edges": p.double().cpu().sum(1) * base}
+                                      for c, p in zip(cell_types, probs, strict=True)}}
+    return importance
+
+
+def test_selection_from_a_finished_search_selects_as_the_search_would(tmp_path, monkeypatch):
+    from nge import strategies
+    from nge.cli import main
+
+    seen: list = []
+    monkeypatch.setattr(strategies, "perturbation_importance", _cheap_importance(seen))
+    pt = ["search.select=perturbation", "search.select_batches=2"]
+
+    def search(name, *extra):
+        return main(["search", "--preset", "smoke", "--out", str(tmp_path / name), "runtime.progress=false",
+                     "runtime.threads=1", *extra])
+
+    assert search("argmax") == 0 and search("pt", *pt) == 0  # a default search; one selecting after its epochs
+    assert search("from", *pt, f"search.select_from={tmp_path / 'argmax'}") == 0  # no search, the selection only
+    (base_pt, p_pt), (base_from, p_from) = seen
+    assert base_from == base_pt  # the same supernet on the same validation batches
+    assert all(torch.equal(a, b) for a, b in zip(p_pt, p_from, strict=True))  # under the same P
+    s = {d: json.loads((tmp_path / d / "summary.json").read_text()) for d in ("argmax", "pt", "from")}
+    assert s["from"]["genotype"] == s["pt"]["genotype"] != s["argmax"]["genotype"]
+    assert s["from"]["argmax_genotype"] == s["argmax"]["genotype"]
+    for f in ("importance.json", "genotype.json"):
+        assert (tmp_path / "from" / f).read_text() == (tmp_path / "pt" / f).read_text()
+    assert (tmp_path / "from" / "probs.jsonl").read_text() == (tmp_path / "argmax" / "probs.jsonl").read_text()
+    assert s["from"]["final_val_acc"] == s["argmax"]["final_val_acc"] and s["from"]["select_from"] == str(tmp_path / "argmax")
+    # its time is the selection's alone (an ablation's search_seconds: wall_seconds + select_seconds)
+    assert s["from"]["epochs"] == 0 and s["from"]["wall_seconds"] == 0 and s["from"]["select_seconds"] > 0
+    assert s["pt"]["epochs"] == 2 and s["pt"]["wall_seconds"] > 0
+    assert not (tmp_path / "from" / "checkpoint.pt").exists()
+
+
+def test_selection_from_refuses_a_run_it_cannot_select_from(tmp_path, capsys, monkeypatch):
+    from nge.cli import main
+    from nge.engine import load_checkpoint, save_checkpoint
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    base = ["runtime.progress=false", "runtime.threads=1", "search.epochs=1"]
+    assert main(["search", "--preset", "smoke", "--out", str(src), *base]) == 0
+    capsys.readouterr()
+    pt = ["search.select=perturbation", f"search.select_from={src}"]
+
+    def error(*extra, to=out) -> str:
+        assert main(["search", "--preset", "smoke", "--out", str(to), *(["--force"] if to == src else []), *base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("nge: error: ") and not out.exists(), err
+        return err.strip()
+
+    assert error(f"search.select_from={src}") == \
+        "nge: error: bad configuration: search.select_from only selects: it needs search.select=perturbation"
+    assert f"cannot select from {src}: the configuration differs from the run's in search.arch.lr (run: " in \
+        error(*pt, "search.arch.lr=0.1")
+    assert "search.epochs (run: 1, " in error(*pt, "search.epochs=2")
+    assert error(*pt, to=src).endswith("is the output directory; give another --out")  # --force would delete it
+    assert (src / "checkpoint.pt").is_file()
+    assert error("search.select=perturbation", f"search.select_from={tmp_path}").endswith(
+        "no checkpoint.pt there; give a search run directory")
+    ckpt = load_checkpoint(src / "checkpoint.pt")
+    save_checkpoint({**ckpt, "epoch": 0}, src / "checkpoint.pt")  # as if stopped before its one epoch ended
+    assert error(*pt).endswith(
+        f"the search has finished 0 of its 1 epochs; finish it first (nge search --resume --out {src} ...)")
+
+
 @pytest.mark.parametrize("strategy", ["gd", "rl", "ea"])
 def test_warm_up_epochs_train_the_weights_only(search_task, tmp_path, strategy):
     extra = ["search.ea.population=2", "search.ea.tournament=2"] if strategy == "ea" else []

@@ -150,7 +150,9 @@ def test_data_root_counts_where_it_is_the_data_set_and_threads_where_a_row_sets_
     assert "data.root" not in settings(_train("data.name=cifar10", "data.root=/a"))
     search = load_config(SearchRunConfig, "search", "smoke", ["runtime.threads=2"])
     assert "runtime.threads" not in settings(search) and settings(search, threads=True)["runtime.threads"] == 2
-    acfg = load_config(AblateConfig, "ablate", "screen", [])
+    acfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblateConfig), {
+        "preset": "t", "seeds": 3, "search_preset": "quick", "trainings": [{"name": "a", "preset": "smoke"}],
+        "rows": [{"name": "nge"}, {"name": "nge-2t", "search": ["runtime.threads=2"]}]}))
     assert ablate._own_threads(acfg) == {("nge-2t", s, "search") for s in range(3)}  # its row sets runtime.threads=2
     # where it counts, a line from another thread count is refused
     line = {"row": "x", "seed": 0, "train_seed": 0, "genotype": random_genotype(3).to_json(), "search_val_acc": 0.5,

@@ -83,7 +83,9 @@ class DataConfig:
 
     name: DataName = DataName.fashion_mnist
     root: str | None = None  # None: the default location where one exists (Fashion-MNIST); unused for synthetic
-    limit: int | None = None  # use at most this many training-set images (before the split)
+    # use at most this many training-set images (before the split): one seed's search and training keep the
+    # same ones (nge.data.limit_indices)
+    limit: int | None = None
     batch_size: int = 64
     crop_pad: int = 4
     flip: bool = True
@@ -240,6 +242,9 @@ class SearchConfig:
     warmup_epochs: int = 0
     select: Selection = Selection.argmax  # how gd's final P becomes a cell
     select_batches: int = 4  # perturbation: the validation batches every masked P is scored on
+    # perturbation: a finished gd search's run directory (same settings but the select_* keys); its supernet
+    # and P are loaded and only the selection runs (nge.searching.load_finished_search)
+    select_from: str | None = None
     weights: WeightOptimConfig = field(default_factory=WeightOptimConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -581,6 +586,8 @@ def _validate_search(cfg: SearchRunConfig) -> None:
     _check(s.select == Selection.argmax or s.strategy == Strategy.gd,
            f"search.select={s.select} is gd's; search.strategy={s.strategy} chooses its own cell (use search.select=argmax)")
     _check(s.select_batches >= 1, f"search.select_batches must be >= 1, got {s.select_batches}")
+    _check(s.select_from is None or s.select == Selection.perturbation,
+           "search.select_from only selects: it needs search.select=perturbation")
     if s.space == "darts":
         _check(m.C >= 1 and m.layers >= 3 and m.stem_multiplier >= 1,
                "model.C and model.stem_multiplier must be >= 1 and model.layers >= 3")
@@ -828,7 +835,7 @@ _VALIDATORS = {
 # Keys added since the ablation tables' 12-hex settings fingerprints (nge.ablate.fingerprint): a
 # fingerprint is checked against today's settings without these keys where they hold their schema
 # default (the behaviour from before they existed). Append every key (or section) a schema gains.
-KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space",)
+KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space", "search.select_from")
 
 # Data sets whose data.root is the data set itself (the user's own images): two folders are two data
 # sets. For the others data.root only says where a standard data set lies.

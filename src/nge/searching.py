@@ -15,17 +15,19 @@ import torch.nn.functional as F
 
 from nge import viz
 from nge.arch import ArchParam, build_arch
-from nge.config import SearchRunConfig, to_dict
+from nge.config import RESUME_MAY_CHANGE, SearchRunConfig, inert_keys, schema_defaults, to_dict
 from nge.data import Augment, BatchLoader, Dataset, describe, load_dataset, load_folder, scan_folder, split_train_val
 from nge.engine import (
     Meter,
     Phase,
     RunDir,
     autocast,
+    check_resume_config,
     check_same_everywhere,
     cosine_lr,
     data_parallel,
     frozen,
+    load_checkpoint,
     optimizer_step,
     set_lr,
     world,
@@ -168,9 +170,50 @@ class SearchTask:
         optimizer_step(loss, self.arch_opt, self.arch_params, 0.0, self.skip_nonfinite)
 
 
+SELECT_KEYS = ("search.select", "search.select_batches", "search.select_from")
+
+
+def load_finished_search(cfg: SearchRunConfig, out: Path) -> dict:
+    """The checkpoint of `search.select_from`, checked like a resume: a search that finished its
+    `search.epochs` with `cfg`'s settings but the SELECT_KEYS, in as many processes."""
+    src = Path(cfg.search.select_from).expanduser()
+    if src.resolve() == Path(out).expanduser().resolve():
+        raise NGEError(f"search.select_from={src} is the output directory; give another --out")
+    path = src / RunDir.CHECKPOINT
+    if not path.is_file():
+        raise NGEError(f"search.select_from={src}: no {RunDir.CHECKPOINT} there; give a search run directory")
+    ckpt = load_checkpoint(path)
+    if "search" not in ckpt.get("config", {}):
+        raise NGEError(f"search.select_from={src}: {path} is not a search's checkpoint")
+    may_differ = (*SELECT_KEYS, *RESUME_MAY_CHANGE, *inert_keys(cfg))
+    check_resume_config(ckpt["config"], to_dict(cfg), may_differ, schema_defaults(SearchRunConfig), f"select from {src}")
+    epochs = cfg.search.epochs
+    if int(ckpt["epoch"]) != epochs or ckpt.get("cursor"):
+        raise NGEError(f"search.select_from={src}: the search has finished {ckpt['epoch']} of its {epochs} epochs; "
+                       f"finish it first (nge search --resume --out {src} ...)")
+    if int(ckpt.get("processes", 1)) != world()[1]:  # the validation batches depend on it
+        raise NGEError(f"search.select_from={src}: the search ran in {ckpt.get('processes', 1)} process(es), "
+                       f"this is {world()[1]}; select with the same number")
+    return ckpt
+
+
 class SearchJob(Job):
+    """A search; with `search.select_from` only the selection, on a finished search's supernet and P
+    (no epoch runs: the summary's wall_seconds is 0 and select_seconds the whole cost)."""
+
     command, epochs_key = "search", "search.epochs"
     cfg: SearchRunConfig
+    source: dict | None = None  # search.select_from's checkpoint
+
+    @property
+    def epochs(self) -> int:
+        return 0 if self.cfg.search.select_from else super().epochs
+
+    def prepare(self, out: Path, resume: bool) -> None:
+        if self.cfg.search.select_from:
+            if resume:
+                raise NGEError("search.select_from runs no epochs, so there is nothing to --resume; run it again")
+            self.source = load_finished_search(self.cfg, out)
 
     def build(self, device: torch.device) -> SearchTask:
         d = self.cfg.data
@@ -179,13 +222,22 @@ class SearchJob(Job):
             self.data = load_folder(folder, d.limit, self.cfg.runtime.seed)
         else:
             self.data = load_dataset(d.name, d.root, to_dict(d)["synthetic"])
-        return SearchTask(self.cfg, self.data, device)
+        task = SearchTask(self.cfg, self.data, device)
+        if self.source is not None:  # the finished search's state, its loaders where its last epoch left them
+            task.load_state_dict(self.source["task"])
+            for loader in (task.train_loader, task.val_loader):
+                loader.set_epoch(self.cfg.search.epochs - 1)
+        return task
 
     def start(self, task: SearchTask, run: RunDir) -> str:
+        source = f"; selecting on the supernet of {self.cfg.search.select_from}, no search" if self.source else ""
         return (f"{describe(self.data)}; train {len(task.train_loader.x)} / val {len(task.val_loader.x)}; "
-                f"supernet {count_params(task.net):,} params, {self.cfg.search.arch.name} {count_params(task.arch):,} params")
+                f"supernet {count_params(task.net):,} params, {self.cfg.search.arch.name} {count_params(task.arch):,} params"
+                f"{source}")
 
     def finish(self, task: SearchTask, metrics: list[dict], run: RunDir, log) -> dict:
+        if self.source is not None:  # the search's epochs, for the curves and final accuracies
+            metrics = list(self.source.get("metrics", []))
         genotype, sp = task.genotype(), task.space
         run.write_text("genotype.json", genotype.to_json() + "\n")
         run.write_jsonl("probs.jsonl", [{"epoch": e, **dict(zip(sp.cell_types, p, strict=True))}
@@ -227,6 +279,7 @@ class SearchJob(Job):
             "final_val_acc": last.get("val_acc"),
             "final_train_acc": last.get("train_acc"),
             **({"classes": list(self.data.classes)} if self.data.classes else {}),
+            **({"select_from": str(self.cfg.search.select_from)} if self.source is not None else {}),
             **task.strategy.finish(run, log),
             **truth,
         }

@@ -30,7 +30,7 @@ from nge.data import (
 )
 from nge.data.folder import MEMORY_LIMIT, STREAM_NORM, ImageFolder
 from nge.data.preprocess import Preprocess
-from nge.data.sets import IMAGENET_SIZE, ImageSet, class_names, default_classes
+from nge.data.sets import IMAGENET_SIZE, ImageSet, class_names, default_classes, limit_indices
 from nge.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nge.engine import (
     Meter,
@@ -78,8 +78,9 @@ def tensor_data(cfg: TrainRunConfig, data: Dataset, device: torch.device) -> Tra
         if d.val and d.limit > len(train):
             raise NGEError(f"data.limit={d.limit} with data.val={d.val} needs {d.limit + d.val} training images; "
                            f"the set has {len(data.train)}: lower one of them")
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.runtime.seed))
-        train = train.subset(perm[: d.limit])
+        # the images a search of this seed keeps, passing over the held-out ones (`limit_indices`)
+        skip = held_out_indices(len(data.train), d.val) if d.val else None
+        train = data.train.subset(limit_indices(len(data.train), d.limit, cfg.runtime.seed, skip))
     common = dict(mean=data.mean, std=data.std, device=device, seed=cfg.runtime.seed,
                   channels_last=cfg.runtime.channels_last, shard=world())
     eval_batch = -(-max(d.batch_size, 256) // world()[1])  # at least 256 images in all, split over the processes
@@ -103,8 +104,15 @@ def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet | None]:
         return train, None
     if n >= len(train):
         raise NGEError(f"data.val={n} leaves no training images (the set has {len(train)})")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED))
-    return train.subset(perm[n:].sort().values), train.subset(perm[:n].sort().values)
+    held = held_out_indices(len(train), n)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[held] = False
+    return train.subset(rest.nonzero().flatten()), train.subset(held)
+
+
+def held_out_indices(n: int, k: int) -> torch.Tensor:
+    """The sorted indices of the `k` of `n` training images data.val holds out: fixed by VAL_SEED."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))[:k].sort().values
 
 
 def imagenet_data(cfg: TrainRunConfig) -> TrainData:

@@ -1,6 +1,7 @@
 """Data: every reader, loader and writer nge has, none of which downloads anything.
 
-    sets        in-memory classification sets: idx (Fashion-MNIST), CIFAR pickles, synthetic; the split
+    sets        in-memory classification sets: idx (Fashion-MNIST), CIFAR pickles, synthetic; the split and
+                data.limit's images
     batches     BatchLoader: device-resident batches augmented a whole batch at a time
     transforms  Pillow decoding and the ImageNet augmentation
     loader      ImageLoader: DataLoader workers for large images
@@ -19,6 +20,7 @@ from nge.data.sets import (
     Dataset,
     ImageSet,
     describe,
+    limit_indices,
     load_cifar,
     load_dataset,
     load_fashion_mnist,
@@ -32,7 +34,7 @@ from nge.data.voc import voc_loader
 
 __all__ = [
     "Augment", "BatchLoader", "Dataset", "ImageSet", "check_files", "cutout", "describe", "folder_loader", "imagenet_loader",
-    "input_shape", "load_cifar", "load_dataset", "load_fashion_mnist", "load_folder", "make_synthetic", "random_crop",
-    "random_flip", "read_idx", "scan_folder", "split_train_val", "voc_loader", "write_cifar_batch",
+    "input_shape", "limit_indices", "load_cifar", "load_dataset", "load_fashion_mnist", "load_folder", "make_synthetic",
+    "random_crop", "random_flip", "read_idx", "scan_folder", "split_train_val", "voc_loader", "write_cifar_batch",
     "write_synthetic_folder", "write_synthetic_imagefolder", "write_synthetic_voc",
 ]

@@ -20,7 +20,7 @@ import torch
 
 from nge.data.batches import Augment, augment_batch
 from nge.data.loader import FileSamples, ImageLoader
-from nge.data.sets import MIN_IMAGE_SIZE, Dataset, ImageSet
+from nge.data.sets import MIN_IMAGE_SIZE, Dataset, ImageSet, limit_indices
 from nge.data.transforms import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decoding, image_header, open_image, to_square
 from nge.errors import NGEError
 
@@ -147,8 +147,7 @@ def load_folder(f: ImageFolder, limit: int | None, seed: int) -> Dataset:
                        f"set data.limit={most} (or less) or a smaller data.image_size")
     keep = f.train
     if limit is not None and limit < len(f.train):
-        perm = torch.randperm(len(f.train), generator=torch.Generator().manual_seed(seed))
-        keep = [f.train[i] for i in sorted(perm[:limit].tolist())]
+        keep = [f.train[i] for i in sorted(limit_indices(len(f.train), limit, seed).tolist())]
     train = _decode_all(keep, f.channels, f.size)
     mean, std = channel_stats(train.x)
     return Dataset("folder", train, _decode_all(f.test, f.channels, f.size), len(f.classes), mean, std,

@@ -1,6 +1,7 @@
 """Batches of a map-style image set through torch's DataLoader, with Pillow decoding in worker
 processes; the order and the augmentation depend on (seed, epoch, index) only, never on the number
-of workers. An NGEError raised in a worker comes back as the same one-line message.
+of workers. An NGEError raised in a worker comes back as the same one-line message, and the
+workers are stopped at once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils import signal_handling
 
+from nge.data.sets import limit_indices
 from nge.data.transforms import one_line
 from nge.errors import NGEError
 
@@ -24,6 +27,21 @@ def _worker_message(e: NGEError) -> str:
         if sep:
             return msg.strip()
     return one_line(lines[-1])
+
+
+def _stop_workers(it: Iterator) -> None:
+    """Terminate a DataLoader iterator's worker processes at once. torch's own shutdown, run when the
+    iterator is collected, waits up to 5 s for each worker to finish the batch it is decoding."""
+    workers = getattr(it, "_workers", None)
+    if not workers or getattr(it, "_shutdown", True):  # no workers (workers=0), or already shut down
+        return
+    if getattr(it, "_worker_pids_set", False):  # else torch's SIGCHLD handler reports the killed workers
+        signal_handling._remove_worker_pids(id(it))
+        it._worker_pids_set = False
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+    it._shutdown_workers()  # joins the stopped workers and closes the queues
 
 
 class FileSamples(Dataset):
@@ -45,7 +63,8 @@ class ImageLoader:
 
     The order comes from a torch.Generator seeded by (seed, epoch) and the augmentation from
     per-sample generators seeded by (seed, epoch, index), so batches do not depend on `workers`.
-    An NGEError from a worker is re-raised here as the same one-line NGEError.
+    An NGEError from a worker is re-raised here as the same one-line NGEError; the workers are
+    terminated then, and when an epoch's batches are left unread.
     """
 
     def __init__(
@@ -71,7 +90,7 @@ class ImageLoader:
         n = len(dataset)
         # `limit`: a fixed, seeded subset of the samples (the same one every epoch)
         if limit is not None and limit < n:
-            self.indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[:limit]
+            self.indices = limit_indices(n, limit, seed).tolist()
         else:
             self.indices = list(range(n))
         # data parallel: global batches of world * batch_size, this process takes its slice of each
@@ -125,11 +144,15 @@ class ImageLoader:
             persistent_workers=False,
         )
         it = iter(loader)
-        while True:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except NGEError as e:
-                raise NGEError(_worker_message(e)) from None
-            yield batch
+        try:
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except NGEError as e:
+                    _stop_workers(it)
+                    raise NGEError(_worker_message(e)) from None
+                yield batch
+        finally:  # an error, or batches left unread: the workers go now
+            _stop_workers(it)

@@ -266,12 +266,20 @@ def load_dataset(name: str, root: str | None, synthetic: dict | None = None) -> 
     raise NGEError(f"unknown data set '{name}' (known: fashion_mnist, cifar10, cifar100, synthetic)")
 
 
-def split_train_val(train: ImageSet, train_portion: float, seed: int, limit: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """Carve a validation split out of the training set (seeded). `limit` caps the images used."""
-    n = len(train)
+def limit_indices(n: int, limit: int | None, seed: int, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The training images `data.limit` keeps, in the seed's order: the first `limit` of the seeded
+    permutation of all `n`, passing over the indices in `skip` (a training's data.val images).
+    Searches and trainings of one seed keep the same images, and a smaller limit keeps a prefix."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    if limit is not None:
-        perm = perm[: min(limit, n)]
+    if skip is not None and len(skip):
+        perm = perm[~torch.isin(perm, skip)]
+    return perm if limit is None else perm[:limit]
+
+
+def split_train_val(train: ImageSet, train_portion: float, seed: int, limit: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Carve a validation split out of the training set (seeded): `limit_indices`'s images, the
+    first `train_portion` of them for training."""
+    perm = limit_indices(len(train), limit, seed)
     n_train = int(round(len(perm) * train_portion))
     if n_train < 1 or n_train >= len(perm):
         raise NGEError(f"train/val split of {len(perm)} images with train_portion={train_portion} leaves a split empty")

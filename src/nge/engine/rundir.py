@@ -155,10 +155,12 @@ def resume_checked(config: dict, may_differ: tuple[str, ...]) -> dict:
     return {k: v for k, v in flat(config).items() if not any(k == m or k.startswith(m + ".") for m in may_differ)}
 
 
-def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...], defaults: dict | None = None) -> None:
+def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...], defaults: dict | None = None,
+                        what: str = "resume") -> None:
     """A run resumes only with the configuration it started with (`may_differ` keys excepted).
     `defaults` ({dotted key: schema default}): a key that one configuration lacks (one of another nge
-    version) is read as its default there; a key without a default is foreign and refused."""
+    version) is read as its default there; a key without a default is foreign and refused. `what`: the
+    action the messages name."""
     a, b = resume_checked(saved, may_differ), resume_checked(current, may_differ)
     unsaved = {k for k in set(b) - set(a) if k in (defaults or {})}  # read as their defaults
     for side in (a, b):
@@ -166,11 +168,11 @@ def check_resume_config(saved: dict, current: dict, may_differ: tuple[str, ...],
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     foreign = [k for k in differ if k not in a or k not in b]
     if foreign:
-        raise NGEError(f"cannot resume: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
+        raise NGEError(f"cannot {what}: the run was started by an nge version with other settings ({', '.join(foreign[:4])}); "
                        "start a new run")
     if differ:
         values = ", ".join(f"{k} (run: {a[k]}{', the default: not in its config' if k in unsaved else ''}, now: {b[k]})"
                            for k in differ[:6])
         runs = " ".join(f"{k}={a[k]}" for k in differ[:6])
-        raise NGEError(f"cannot resume: the configuration differs from the run's in {values}; resume with the same "
+        raise NGEError(f"cannot {what}: the configuration differs from the run's in {values}; {what} with the same "
                        f"preset and overrides, or pass the run's values ({runs})")
