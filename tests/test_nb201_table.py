@@ -66,7 +66,7 @@ def test_index_string_round_trip_for_every_cell():
     strings = all_cell_strings()
     ops = index_to_ops(np.arange(N_CELLS))
     assert np.array_equal(ops_to_index(ops), np.arange(N_CELLS))
-    for i in range(0, N_CELLS, 1):
+    for i in range(N_CELLS):
         g = Nb201Genotype.from_str(strings[i])
         assert cell_index(g) == i and cell_index(strings[i]) == i and index_genotype(i) == g
         assert tuple(PRIMITIVES[k] for k in ops[i]) == g.ops
@@ -151,3 +151,13 @@ def test_lookup_module_main_prints_one_line(capsys):
     assert main(["|bad~0|+"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nge lookup: error:") and err.count("\n") == 1 and "|bad~0|+" in err
+
+
+def test_nge_lookup_through_the_cli(capsys):
+    from nge.cli import main
+
+    assert main(["lookup", BEST, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cifar10"]["rank"] == 1
+    assert main(["lookup", "|nor_conv_3x3~0|+oops"]) == 2  # nge's exit status for NGEError
+    err = capsys.readouterr().err
+    assert err.startswith("nge: error:") and err.count("\n") == 1 and "oops" in err
