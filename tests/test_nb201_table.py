@@ -135,11 +135,13 @@ def test_lookup_command_files_runs_and_random(tmp_path, capsys):
 
 
 def test_lookup_command_bad_input(tmp_path):
-    (tmp_path / "darts.json").write_text(json.dumps({"normal": [], "reduce": []}))
+    from nge.genotypes import DARTS_V2
+
+    DARTS_V2.save(tmp_path / "darts.json")
     (tmp_path / "junk.json").write_text("{not json")
     (tmp_path / "empty").mkdir()
-    for spec, words in ((str(tmp_path / "darts.json"), "DARTS"), (str(tmp_path / "junk.json"), "not JSON"),
-                        (str(tmp_path / "empty"), "without a genotype.json"), ("random:x", "random:K"),
+    for spec, words in ((str(tmp_path / "darts.json"), "DARTS"), ("DARTS_V2", "DARTS"),
+                        (str(tmp_path / "junk.json"), "not valid JSON"), (str(tmp_path / "empty"), "without a genotype.json"), ("random:x", "random:SEED"),
                         ("no-such-thing", "no-such-thing")):
         with pytest.raises(NGEError, match=words):
             lookup_main(argparse.Namespace(cell=spec, json=False))

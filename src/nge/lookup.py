@@ -13,40 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from nge.errors import NGEError
 
 
 def resolve_nb201(spec: str):
-    """An `Nb201Genotype` from a cell string, random:K, a genotype.json of the nb201 space or a directory holding one."""
-    from nge.spaces.nb201 import NAME, Nb201Genotype, looks_like_cell_string, random_genotype
+    """An `Nb201Genotype` from a cell string, random:K, a genotype.json of the nb201 space or a directory holding
+    one (`nge.genotypes.resolve_genotype` in the nb201 space); a DARTS-space genotype is refused."""
+    from nge.genotypes import BUILTIN_GENOTYPES, resolve_genotype
+    from nge.spaces.nb201 import NAME, Nb201Genotype
 
-    spec = spec.strip()
-    if looks_like_cell_string(spec):
-        return Nb201Genotype.from_str(spec)
-    if spec.startswith("random:"):
-        seed = spec[len("random:"):]
-        if not seed.isdigit():
-            raise NGEError(f"'{spec}': random:K needs a non-negative integer K, e.g. random:0")
-        return random_genotype(int(seed))
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "genotype.json"
-        if not path.is_file():
-            raise NGEError(f"{spec} is a directory without a genotype.json (is it a run directory?)")
-    if not path.is_file():
-        raise NGEError(f"'{spec}' is not a NAS-Bench-201 cell string (|op~0|+|op~0|op~1|+|op~0|op~1|op~2|), "
-                       "a genotype.json, a run directory or random:K")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NGEError(f"{path} is not JSON ({e})") from None
-    if isinstance(data, dict) and data.get("space", NAME) != NAME:
-        raise NGEError(f"{path} is a genotype of the '{data.get('space')}' space; nge lookup knows only NAS-Bench-201 ({NAME})")
-    if isinstance(data, dict) and "normal" in data and "space" not in data:
-        raise NGEError(f"{path} is a DARTS-space genotype; nge lookup knows only NAS-Bench-201 cells ({NAME})")
-    return Nb201Genotype.from_dict(data)
+    if spec.strip() in BUILTIN_GENOTYPES:
+        raise NGEError(f"{spec.strip()} is a DARTS-space genotype; nge lookup knows only NAS-Bench-201 cells ({NAME})")
+    g = resolve_genotype(spec.strip(), space=NAME)
+    if not isinstance(g, Nb201Genotype):
+        raise NGEError(f"{spec} is a DARTS-space genotype; nge lookup knows only NAS-Bench-201 cells ({NAME})")
+    return g
 
 
 def lookup_result(spec: str) -> dict:
