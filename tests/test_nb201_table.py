@@ -141,7 +141,8 @@ def test_lookup_command_bad_input(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     (tmp_path / "empty").mkdir()
     for spec, words in ((str(tmp_path / "darts.json"), "DARTS"), ("DARTS_V2", "DARTS"),
-                        (str(tmp_path / "junk.json"), "not valid JSON"), (str(tmp_path / "empty"), "without a genotype.json"), ("random:x", "random:SEED"),
+                        (str(tmp_path / "junk.json"), "not valid JSON"), (str(tmp_path / "empty"), "without a genotype.json"),
+                        ("random:x", "random:SEED"),
                         ("no-such-thing", "no-such-thing")):
         with pytest.raises(NGEError, match=words):
             lookup_main(argparse.Namespace(cell=spec, json=False))
