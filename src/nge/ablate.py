@@ -65,7 +65,7 @@ from nge.engine.rundir import check_resume_config, resume_checked
 from nge.errors import NGEError
 from nge.genotypes import load_genotype, resolve_genotype
 from nge.searching import run_search
-from nge.space import Genotype
+from nge.space import DEFAULT_TOPOLOGY, PRIMITIVES, Genotype
 from nge.spaces import genotype_from_dict, get_space, nb201, space_of
 from nge.stats import (
     bootstrap,
@@ -81,7 +81,7 @@ from nge.stats import (
     spearman,
     t_interval_90,
 )
-from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, probs_telemetry
+from nge.telemetry import RANDOM_AGREEMENT, agreement, mean_agreement, probs_telemetry, random_cells_agreement
 from nge.training import run_train
 
 
@@ -963,8 +963,10 @@ def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tup
     random = [r for r in rows if r["row"] == RANDOM_ROW]
     paired = vals if random else []
     head += [f"Val acc − random (points), {tp} [90%]" for tp in paired]
-    head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)", "Agreement across seeds",
-             "Search time (min)", "Train time (min)", "Seeds"]
+    two_types = any("normal_ops" in r for r in rows)  # the darts space: a normal and a reduction cell
+    head += ["Distinct ops (normal / reduce)", "P entropy (normal / reduce)"]
+    head += ["Normal/reduce agreement (%)"] if two_types else []
+    head += ["Agreement across seeds", "Search time (min)", "Train time (min)", "Seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in acfg.rows:
         mine = [r for r in rows if r["row"] == spec.name]
@@ -980,6 +982,9 @@ def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tup
         cells += [_paired_cell(mine, random, f"val_acc[{tp}]") if spec.name != RANDOM_ROW else "n/a" for tp in paired]
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_ops"), 1, 1) for c in ("normal", "reduce")))
         cells.append(" / ".join(_mean_std(_values(mine, f"{c}_entropy"), 1, 3) for c in ("normal", "reduce")))
+        if two_types:  # one value per search: a seed's first training line
+            cells.append(_mean_std(_values([r for r in mine if r.get("train_seed", r["seed"]) == r["seed"]],
+                                           "cells_agreement"), 100, 1))
         searched = spec.name != RANDOM_ROW and spec.genotype is None
         cells.append(_agreement_cell(mine) if searched or spec.name == RANDOM_ROW else "n/a")
         cells.append(f"{statistics.mean(r['search_seconds'] for r in mine) / 60:.1f}" if searched else "n/a")
@@ -996,6 +1001,11 @@ def _write_md(rows: list[dict], acfg: AblateConfig, run: RunDir, twins: list[tup
             "P entropy: mean normalised entropy of P's rows at the end of the search (1 = uniform). Agreement: the "
             "share of (node, input, op) choices two seeds' cells share, averaged over pairs of seeds, against "
             f"{100 * RANDOM_AGREEMENT:.1f}% for uniformly random cells (exact)."
+            + (f" Normal/reduce agreement: the share of the {DEFAULT_TOPOLOGY.n_edges} edges whose argmax op in the "
+               "search's final P is the same in the normal and the reduction cell (every edge, before the derivation "
+               f"keeps 8), against 1/{len(PRIMITIVES)} = {100 * random_cells_agreement():.1f}% for independent "
+               "uniformly random cells; n/a where no line of the row records its final P (no search, or a line "
+               "written before the column existed)." if two_types else "")
             + (" Val acc − random: the mean over seeds of the row's and the random cells' difference at equal "
                "training seeds, with a 90% t interval over seeds (a seed's cell is one sample)." if paired else "")
             + "\n")

@@ -153,6 +153,16 @@ class ArchInit(StrEnum):
     normal = "normal"  # that layer at standard scale (N(0, 1/fan_in); alphas N(0, 1)): every edge starts different
 
 
+class CellParams(StrEnum):
+    """search.arch.cells: how a node-embedding parameterisation (nge, plain, rnn) parameterises the cell
+    types (normal, reduce). With one cell type (search.space=nb201) all three are the same; docs/paper.md
+    section 2 says which the paper supports."""
+
+    shared = "shared"  # each type its own X, all X_t[v, v] = 1 (the same start); one GCN, edge MLP and op FC
+    distinct = "distinct"  # as shared, but type k's node v starts at row k |V| + v of the D x D identity
+    separate = "separate"  # as shared, but each type its own GCN (Plain: projection; RNN: and GRU), edge MLP and op FC
+
+
 @dataclass
 class ArchConfig:
     """The architecture parameterisation ("arch": what produces P), its optimiser (docs/paper.md
@@ -177,6 +187,9 @@ class ArchConfig:
     # apart from the edge-specific part, so that with shared_offset=0 the search can still prefer an op
     # on every edge, but only through 14 numbers it must learn from the validation loss.
     op_bias: bool = False
+    # How the cell types are parameterised (CellParams): shared (the default, as before the key existed),
+    # distinct initial X, or separate layers. Has no effect with name=darts (free alphas share nothing).
+    cells: CellParams = CellParams.shared
 
 
 class Strategy(StrEnum):
@@ -495,6 +508,8 @@ def _inert(cfg: Any) -> dict[str, str]:
                 out[key] = f"with search.strategy={s} (only with search.strategy={only})"
         if s == Strategy.ea and cfg.search.ea.mutation == MutationKind.uniform:
             out["search.ea.entropy_weight"] = "with search.ea.mutation=uniform (only with embedding mutations)"
+        if cfg.search.arch.name == "darts":
+            out["search.arch.cells"] = "with search.arch.name=darts (free alphas share nothing between cell types)"
         if cfg.search.space != "darts":
             for key in ("model.stem_multiplier", "model.checkpoint"):
                 out[key] = f"with search.space={cfg.search.space} (the darts supernet's)"
@@ -835,7 +850,7 @@ _VALIDATORS = {
 # Keys added since the ablation tables' 12-hex settings fingerprints (nge.ablate.fingerprint): a
 # fingerprint is checked against today's settings without these keys where they hold their schema
 # default (the behaviour from before they existed). Append every key (or section) a schema gains.
-KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space", "search.select_from")
+KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space", "search.select_from", "search.arch.cells")
 
 # Data sets whose data.root is the data set itself (the user's own images): two folders are two data
 # sets. For the others data.root only says where a standard data set lies.

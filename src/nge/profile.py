@@ -80,7 +80,8 @@ def profile_search_preset(cfg: Any) -> dict[str, Any]:
     sp = get_space(cfg.search.space)
     channels, size, classes = input_of(cfg)
     net = sp.build_supernet(cfg.model, channels, classes)
-    arch = build_arch(cfg.search.arch.name, sp.topology, len(sp.primitives), cell_types=sp.cell_types)
+    arch = build_arch(cfg.search.arch.name, sp.topology, len(sp.primitives), cell_types=sp.cell_types,
+                      cells=cfg.search.arch.cells)
     with torch.no_grad():
         probs = arch()
     x = torch.zeros(1, channels, size, size)

@@ -51,7 +51,7 @@ class SearchTask:
         self.net = sp.build_supernet(cfg.model, data.in_channels, data.num_classes, device).to(device)
         w, a = cfg.search.weights, cfg.search.arch
         self.arch: ArchParam = build_arch(a.name, sp.topology, len(sp.primitives), init=a.init, shared_offset=a.shared_offset,
-                                          op_bias=a.op_bias, cell_types=sp.cell_types).to(device)
+                                          op_bias=a.op_bias, cell_types=sp.cell_types, cells=a.cells).to(device)
         if cfg.runtime.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.weight_params = list(self.net.parameters())

@@ -2,7 +2,8 @@
 
 Collapse in DARTS-family search shows as P near uniform (high entropy, small margin) or as one
 op on every edge (few distinct argmax ops, a large majority share, rows that differ from their
-mean row by little more than a shared offset). `cell_telemetry` measures all of these.
+mean row by little more than a shared offset). `cell_telemetry` measures all of these;
+`cells_agreement` how often two cell types (normal, reduce) take the same argmax op on an edge.
 """
 
 from __future__ import annotations
@@ -43,11 +44,28 @@ def cell_telemetry(p: torch.Tensor | Sequence[Sequence[float]]) -> dict[str, flo
     }
 
 
+def cells_agreement(a: torch.Tensor | Sequence[Sequence[float]], b: torch.Tensor | Sequence[Sequence[float]]) -> float:
+    """The share of edges whose argmax op is the same in two cell types' P (edges x ops each); for two
+    independent uniformly random cells its expectation is 1 / O (`random_cells_agreement`)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cells_agreement needs two P of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return float((a.argmax(1) == b.argmax(1)).double().mean())
+
+
+def random_cells_agreement(n_ops: int = len(PRIMITIVES)) -> float:
+    """`cells_agreement`'s expectation for two independent cells whose argmax ops are uniform: 1 / O (1/7 in DARTS)."""
+    return 1 / n_ops
+
+
 def probs_telemetry(*cells, names: Sequence[str] = ("normal", "reduce")) -> dict[str, float | int]:
-    """`cell_telemetry` of every cell type's P, keys prefixed with the type's name (`normal_`, `reduce_`)."""
+    """`cell_telemetry` of every cell type's P, keys prefixed with the type's name (`normal_`, `reduce_`);
+    with exactly two cell types also `cells_agreement` (the share of edges where their argmax ops agree)."""
     out: dict[str, float | int] = {}
     for name, p in zip(names, cells, strict=True):
         out.update({f"{name}_{k}": v for k, v in cell_telemetry(p).items()})
+    if len(cells) == 2:
+        out["cells_agreement"] = cells_agreement(*cells)
     return out
 
 
