@@ -191,7 +191,7 @@ def test_shared_offset_acts_on_cell_logits_only(name):
 def test_the_faithful_search_keeps_the_papers_arch_optimiser(tmp_path):
     """What the faithful gd search optimises P with (docs/paper.md section 3; docs/design.md, "Why the
     embedding's weight decay is 0 in quick-rl"): Adam, lr 6e-4, betas (0.5, 0.999), coupled weight decay 1e-3,
-    in every gd preset; only `quick` and `nb201-quick` depart (nge's remedy, a larger lr)."""
+    in every gd preset; only `quick` departs (nge's remedy, a larger lr)."""
     from nge.config import SearchRunConfig, available_presets, load_config, to_dict
     from nge.data import load_dataset
     from nge.searching import SearchTask
@@ -201,7 +201,7 @@ def test_the_faithful_search_keeps_the_papers_arch_optimiser(tmp_path):
             continue
         a = cfg.search.arch
         assert (a.beta1, a.beta2, a.weight_decay, a.init) == (0.5, 0.999, 1e-3, "uniform"), preset
-        assert a.lr == 6e-4 or (preset in ("quick", "nb201-quick") and (a.lr, a.shared_offset) == (1.5e-3, 0.0)), preset
+        assert a.lr == 6e-4 or (preset, a.lr, a.shared_offset) == ("quick", 1.5e-3, 0.0), preset
     cfg = load_config(SearchRunConfig, "search", "smoke", ["runtime.threads=1"])
     data = load_dataset(cfg.data.name, cfg.data.root, to_dict(cfg.data.synthetic))
     task = SearchTask(cfg, data, torch.device("cpu"))
