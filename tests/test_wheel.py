@@ -31,6 +31,7 @@ def test_built_wheel_installs_and_runs(tmp_path):
         names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "nge/presets/search/smoke.yaml" in names and "nge/presets/ablate/compare.yaml" in names
+    assert "nge/spaces/nb201_table.csv.xz" in names and "nge/presets/search/nb201-quick.yaml" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert "Classifier: License :: OSI Approved :: MIT License" in meta and "Provides-Extra: onnx" in meta
     venv = tmp_path / "venv"
@@ -41,7 +42,7 @@ def test_built_wheel_installs_and_runs(tmp_path):
     help_ = subprocess.run([str(venv / "bin/nge"), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                            env=clean)
     assert help_.returncode == 0, help_.stderr
-    for command in ("search", "train", "export", "predict", "ablate"):
+    for command in ("search", "train", "export", "predict", "ablate", "lookup"):
         assert command in help_.stdout
     version = subprocess.run([str(venv / "bin/nge"), "--version"], capture_output=True, text=True, timeout=120, env=clean)
     assert version.stdout.strip() == "nge 0.1.0"
