@@ -181,7 +181,7 @@ class ArchConfig:
     # the cell shares: 1 = P as the parameterisation gives it; 0 = only how the edges differ decides,
     # so no op can lead on every edge. NGE's edge MLP and op FC are shared by all edges and their edge
     # embeddings nearly parallel, so their updates move every edge's logits together. nge's own
-    # remedy (no paper has it); the README's "Search quality" section gives the diagnosis and numbers.
+    # remedy (no paper has it); docs/results/README.md, "Search quality", gives the diagnosis and numbers.
     shared_offset: float = 1.0
     # A learned per-op bias added to the logits after shared_offset: a parameter of its own (2 x n_ops),
     # apart from the edge-specific part, so that with shared_offset=0 the search can still prefer an op
