@@ -427,14 +427,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nge bench", description="Time the search and training steps on synthetic data.")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return cmd_bench(args)
-    except NGEError as e:
-        print(f"nge bench: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    from nge.cli import module_main
+
+    return module_main("nge bench", "Time the search and training steps on synthetic data.", add_arguments, cmd_bench, argv)
 
 
 if __name__ == "__main__":

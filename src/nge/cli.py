@@ -240,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def module_main(prog: str, description: str, add_arguments, command, argv: list[str] | None = None) -> int:
+    """`python -m nge.MODULE`: one command without the `nge` front end; an NGEError is one line, exit 2."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return command(args)
+    except NGEError as e:
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

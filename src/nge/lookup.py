@@ -72,14 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nge lookup", description="NAS-Bench-201 ground truth of a cell.")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return lookup_main(args)
-    except NGEError as e:
-        print(f"nge lookup: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2  # as `nge` does
+    from nge.cli import module_main
+
+    return module_main("nge lookup", "NAS-Bench-201 ground truth of a cell.", add_arguments, lookup_main, argv)
 
 
 if __name__ == "__main__":
