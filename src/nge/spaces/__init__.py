@@ -35,19 +35,15 @@ class Space:
     random_genotype: Callable[[int], Any]
     build_supernet: Callable[..., torch.nn.Module]  # (model config, in_channels, num_classes, device)
     reference_forward: Callable[..., torch.Tensor]  # (supernet, x, P): the plain sum_k p_k op_k(x), for tests and bench
+    cells: Callable[[Any], dict[str, Any]]  # genotype -> its cell of each cell type, by name (counts, pictures)
+    ops_of: Callable[[Any], list[str]]  # one cell -> the op of each of its kept edges
     has_ground_truth: bool = False  # a table of every cell's fully trained accuracy
-
-    def cells(self, genotype) -> dict[str, Any]:
-        """The genotype's cell of each cell type, by name (for counts and pictures)."""
-        if self.name == "darts":
-            return {"normal": genotype.normal, "reduce": genotype.reduce}
-        return {"cell": genotype}
 
     def op_counts(self, genotype) -> dict[str, dict[str, int]]:
         """How often each op appears in each cell type (ops that do not appear are left out), in op order."""
         out = {}
         for c, cell in self.cells(genotype).items():
-            ops = [op for op, _ in cell] if self.name == "darts" else list(cell.ops)
+            ops = self.ops_of(cell)
             out[c] = {op: ops.count(op) for op in self.primitives if op in ops}
         return out
 
@@ -68,11 +64,13 @@ SPACES: dict[str, Space] = {
         name="darts", topology=DEFAULT_TOPOLOGY, primitives=PRIMITIVES, cell_types=DARTS_CELL_TYPES,
         derive=lambda p: _derive.derive(p[0], p[1]), from_importance=_darts_from_importance,
         random_genotype=random_genotype, build_supernet=_darts_supernet, reference_forward=_darts_reference,
+        cells=lambda g: {"normal": g.normal, "reduce": g.reduce}, ops_of=lambda cell: [op for op, _ in cell],
     ),
     "nb201": Space(
         name="nb201", topology=nb201.TOPOLOGY, primitives=nb201.PRIMITIVES, cell_types=nb201.CELL_TYPES,
         derive=lambda p: nb201.derive(p[0]), from_importance=lambda imp: nb201.derive(imp["cell"]["ops"]),
         random_genotype=nb201.random_genotype, build_supernet=_nb201_supernet, reference_forward=nb201.reference_forward,
+        cells=lambda g: {"cell": g}, ops_of=lambda cell: list(cell.ops),
         has_ground_truth=True,
     ),
 }
