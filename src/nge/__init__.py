@@ -1,12 +1,12 @@
 """nge: neural architecture search with Neural Graph Embedding (Li, Gong, Zhu, AAAI 2020).
 
-From Python: `nge.search(...)`, `nge.train(...)`, `nge.load(...)` (see `nge.api`). They are bound on
+From Python: `nge.search(...)`, `nge.train(...)`, `nge.fit(...)`, `nge.load(...)` (see `nge.api`). They are bound on
 first use, so `import nge` stays light for the command line; no submodule shares their names.
 """
 
 __version__ = "0.1.0"
 
-_API = ("search", "train", "load", "Result")
+_API = ("search", "train", "fit", "load", "Result")
 
 
 def __getattr__(name: str):

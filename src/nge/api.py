@@ -12,6 +12,7 @@ A callable receives the log lines.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -166,4 +167,22 @@ def train(genotype: Genotype | str | Path, preset: str = "quick", out: str | Pat
     return Result(genotype_from_dict(summary["genotype"]), summary, path)
 
 
-__all__ = ["Result", "load", "search", "train"]
+def fit(data: str | Path, time: str | float | None = None, out: str | Path | None = None, *, space: str | None = None,
+        preset: str | None = None, search_share: float | None = None, overrides: dict[str, Any] | None = None,
+        force: bool = False, resume: bool = False, log: Log = True) -> Classifier:
+    """`nge fit`: searches and trains a network on `data` (an image folder or a data set name) within
+    `time` ("30m", "1h30m", or seconds), exports and checks it, writes a report in `out` (default
+    runs/fit-PRESET-TIME), and returns the trained network (`nge.load(out)`)."""
+    from nge.fitting import run_fit
+
+    if overrides is not None and not isinstance(overrides, dict):
+        raise NGEError(f"overrides must be a dict of dotted keys, e.g. {{'model.C': 16}}, not {type(overrides).__name__}")
+    items = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in (overrides or {}).items()]
+    path = Path(out).expanduser() if out is not None else None
+    with _contained(log) as write:
+        done = run_fit(data, time, path, space=space, preset=preset, search_share=search_share, overrides=items,
+                       force=force, resume=resume, log=write)
+    return load(done)
+
+
+__all__ = ["Result", "fit", "load", "search", "train"]

@@ -60,6 +60,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from nge.fitting import run_fit
+
+    out = run_fit(args.data, args.time, Path(args.out) if args.out else None, space=args.space, preset=args.preset,
+                  search_share=args.search_share, overrides=args.overrides, force=args.force, resume=args.resume,
+                  log=_log)
+    state = json.loads((out / "fit.json").read_text())
+    print(json.dumps({"test_acc": state["test_acc"], "model": str(out / "model.pt"), "onnx": str(out / "model.onnx"),
+                      "report": str(out / "report.md")}))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """Writes a tiny synthetic data set in a real on-disk layout (for the smoke presets)."""
     from nge.data import write_synthetic_folder, write_synthetic_imagefolder, write_synthetic_voc
@@ -171,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(t, "train", "config overrides, e.g. train.epochs=10")
     t.set_defaults(func=cmd_train)
 
+    i = sub.add_parser("fit", help="from images and a time budget to a checked, exported model with a report")
+    i.add_argument("data", metavar="DATA", help="an image folder (DATA/train/<class>/ and DATA/test/<class>/) or a "
+                   "data set name (fashion_mnist, cifar10, cifar100)")
+    i.add_argument("--time", metavar="DURATION", help="the budget, e.g. 30m, 1h30m or 90s (with --resume: the run's)")
+    i.add_argument("--space", choices=["darts", "nb201"], help="the search space (default darts; the fit preset of "
+                   "that name)")
+    i.add_argument("--search-share", type=float, metavar="F", help="the budget's share for the search (default: the "
+                   "preset's, 0.25); 0 trains the preset's fallback cell")
+    i.add_argument("--preset", help="fit preset: darts, nb201 or a FILE.yaml")
+    _run_arguments(i, "fit", "overrides of the search and the training (each goes to every phase whose "
+                   "configuration has the key), e.g. model.C=16")
+    i.set_defaults(func=cmd_fit)
+
     g = sub.add_parser("segment", help="DeepLabv3 with a searched-cell backbone on PASCAL VOC 2012")
     g.add_argument("--preset", default="paper-voc", help="segmentation preset: a name or a FILE.yaml (default: paper-voc)")
     g.add_argument("--backbone", metavar="CHECKPOINT", help="model.pt of an nge train ImageNet run (its genotype is used)")
@@ -254,7 +279,12 @@ def module_main(prog: str, description: str, add_arguments, command, argv: list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides after options that follow another positional (nge fit DATA --time 5m KEY=VALUE)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except NGEError as e:

@@ -836,11 +836,31 @@ def _validate_ablate(cfg: AblateConfig) -> None:
                f"row '{r.name}' trains the genotype {r.genotype}; give it no search settings")
 
 
+@dataclass
+class FitConfig:
+    """`nge fit`: the presets of its phases, their own overrides, and how the budget is split."""
+
+    preset: str = MISSING
+    search_preset: str = "quick"
+    train_preset: str = "quick"
+    search: list[str] = field(default_factory=list)  # overrides of the search (after the presets')
+    train: list[str] = field(default_factory=list)  # overrides of the training
+    search_share: float = 0.25  # of the budget, for the search; the training gets what is then left
+    fallback: str = "DARTS_V2"  # the cell trained when the budget is too small to search
+
+
+def _validate_fit(cfg: FitConfig) -> None:
+    _check(0 <= cfg.search_share < 1, f"search_share must be in [0, 1), got {cfg.search_share}")
+    for key in (*cfg.search, *cfg.train):
+        _check("=" in key, f"fit preset override {key!r} is not KEY=VALUE")
+
+
 _VALIDATORS = {
     SearchRunConfig: _validate_search,
     TrainRunConfig: _validate_train,
     SegmentRunConfig: _validate_segment,
     AblateConfig: _validate_ablate,
+    FitConfig: _validate_fit,
 }
 
 # What a resume may change: settings that cannot change a run's results. Everything else (the

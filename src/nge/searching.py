@@ -242,12 +242,7 @@ class SearchJob(Job):
         run.write_text("genotype.json", genotype.to_json() + "\n")
         run.write_jsonl("probs.jsonl", [{"epoch": e, **dict(zip(sp.cell_types, p, strict=True))}
                                         for e, p in enumerate(task.p_history)])
-        for c, cell in sp.cells(genotype).items():
-            title = {"normal": "normal cell", "reduce": "reduction cell"}.get(c, f"{sp.name} cell")
-            if sp.name == "darts":
-                viz.plot_cell(cell, title, run.file(f"{c}.png"))
-            else:
-                viz.plot_edge_cell(cell.edges(), sp.topology.n_graph_nodes, f"{title}: {cell}", run.file(f"{c}.png"))
+        viz.plot_cells(sp, genotype, run.path)
         viz.plot_probs_over_epochs(task.p_history, run.file("probs.png"), primitives=sp.primitives,
                                    cell_types=sp.cell_types, topology=sp.topology)
         viz.plot_curves(metrics, run.file("curves.png"))

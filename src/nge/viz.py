@@ -380,3 +380,58 @@ def plot_ground_truth(groups: Sequence[tuple[str, Sequence[float]]], uniform: fl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_cells(space, genotype, folder: Path) -> dict[str, Path]:
+    """Every cell of `genotype` (a genotype of `space`, an `nge.spaces.Space`) as FOLDER/<cell type>.png:
+    a DARTS cell as the paper's Figure 4, a NAS-Bench-201 cell as its edge graph. Returns the files."""
+    files = {}
+    for c, cell in space.cells(genotype).items():
+        title = {"normal": "normal cell", "reduce": "reduction cell"}.get(c, f"{space.name} cell")
+        files[c] = Path(folder) / f"{c}.png"
+        if hasattr(cell, "edges"):  # a NAS-Bench-201 cell: an op on every edge
+            plot_edge_cell(cell.edges(), space.topology.n_graph_nodes, f"{title}: {cell}", files[c])
+        else:  # a DARTS cell: two (op, input) pairs per node
+            plot_cell(cell, title, files[c], space.topology)
+    return files
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """A confusion matrix (rows: true class, columns: predicted), each row as shares of its class,
+    with the counts written in (up to 20 classes)."""
+    m = np.asarray(matrix, dtype=float)
+    k = len(classes)
+    shares = m / np.maximum(m.sum(1, keepdims=True), 1)
+    side = min(12.0, 2.5 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if k <= 20:
+        ax.set_xticks(range(k), [str(c)[:14] for c in classes], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), [str(c)[:14] for c in classes], fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("test images per true class (row shares; counts)", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_predictions(images: Sequence[np.ndarray], titles: Sequence[str], wrong: Sequence[bool], path: Path,
+                     columns: int = 8) -> None:
+    """(H, W, 3) uint8 images in a grid, each with its title; a wrong prediction's title in red."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title, bad in zip(axes.flat, images, titles, wrong, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=7, color="tab:red" if bad else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
