@@ -81,6 +81,20 @@ def test_network_has_the_benchmark_layout():
     assert net.classifier.in_features == 64
 
 
+@pytest.mark.parametrize("side", [21, 23, 32])
+def test_the_reduction_block_takes_odd_sides_and_pools_as_the_benchmark_on_even_ones(side):
+    """The shortcut's pool rounds up as the strided conv does (a 21x21 image ends 6x6); on even sides it
+    is the benchmark's 2x2 average pool."""
+    block = nb201.ResNetBasicBlock(3, 4)
+    x = torch.randn(2, 3, side, side)
+    assert block(x).shape == (2, 4, -(-side // 2), -(-side // 2))
+    if side % 2 == 0:
+        assert torch.equal(block.downsample[0](x), torch.nn.functional.avg_pool2d(x, 2))
+    logits, _ = Nb201Network(Nb201Genotype.from_str(BEST), C=4, N=1, num_classes=3)(x)
+    supernet = Nb201SuperNet(C=4, N=1, num_classes=3)
+    assert logits.shape == supernet(x, (torch.full((6, 5), 0.2),)).shape == (2, 3)
+
+
 def test_fused_supernet_equals_the_plain_mixed_sum_in_value_gradient_and_running_stats():
     torch.manual_seed(0)
     net = Nb201SuperNet(C=4, N=1, num_classes=3).train()

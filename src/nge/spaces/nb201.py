@@ -140,13 +140,14 @@ def derive(p: torch.Tensor) -> Nb201Genotype:
 
 class ResNetBasicBlock(nn.Module):
     """The benchmark's reduction block: two ReLU-Conv-BN 3x3 (the first with stride 2) plus a
-    shortcut (2x2 average pool and 1x1 conv)."""
+    shortcut (2x2 average pool and 1x1 conv). The pool rounds up as the strided conv does, so an odd
+    side (a 21x21 folder image) works; on even sides it is the benchmark's."""
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1, affine)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1, affine)
-        self.downsample = nn.Sequential(nn.AvgPool2d(2, stride=2), nn.Conv2d(C_in, C_out, 1, bias=False))
+        self.downsample = nn.Sequential(nn.AvgPool2d(2, stride=2, ceil_mode=True), nn.Conv2d(C_in, C_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(x) + self.conv_b(self.conv_a(x))
