@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -205,10 +204,11 @@ def _unlimited(cfg, batch: int):
     return c
 
 
-def measure_search(cfg: SearchRunConfig, shape: DataShape, batch: int, device: torch.device) -> tuple[float, float]:
+def measure_search(cfg: SearchRunConfig, shape: DataShape, batch: int) -> tuple[float, float]:
     """(weight step, arch step) seconds of the search `cfg` at `batch`."""
     from nge.searching import SearchTask
 
+    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
     task = SearchTask(_unlimited(cfg, batch), _fake(shape, 4 * batch, 2), device)
     meter = Meter()
     xw, yw = next(iter(task.train_loader.batches_from(0)))
@@ -219,11 +219,14 @@ def measure_search(cfg: SearchRunConfig, shape: DataShape, batch: int, device: t
             _median_time(lambda: task.arch_step(xa, ya, meter)))
 
 
-def measure_train(cfg: TrainRunConfig, shape: DataShape, batch: int, genotype: Any, device: torch.device
-                  ) -> tuple[float, float, float]:
-    """(training step, seconds per test image, network build) of `genotype` trained with `cfg` at `batch`."""
+def measure_train(cfg: TrainRunConfig, shape: DataShape, batch: int, cell: str) -> tuple[float, float, float]:
+    """(training step, seconds per test image, network build) of the cell `cell` (a name, string or
+    run directory) trained with `cfg` at `batch`."""
+    from nge.genotypes import resolve_genotype
     from nge.training import TrainTask
 
+    genotype = resolve_genotype(cell)
+    device = setup_runtime(cfg.runtime.seed, cfg.runtime.threads, cfg.runtime.device)
     c = _unlimited(cfg, batch)
     n_eval = min(256, max(batch, shape.n_test))
     builds = []
@@ -240,14 +243,13 @@ def measure_train(cfg: TrainRunConfig, shape: DataShape, batch: int, genotype: A
 
 
 def calibrate(scfg: SearchRunConfig, tcfg: TrainRunConfig, shape: DataShape, cell: str, search_batch: int | None,
-              train_batch: int, device: torch.device) -> Calibration:
-    """The search's steps (unless `search_batch` is None) and the training's, with the cell `cell`."""
-    from nge.genotypes import resolve_genotype
-
+              train_batch: int) -> Calibration:
+    """The search's steps (unless `search_batch` is None) and the training's, with the cell `cell`, each
+    with its own runtime (threads, device)."""
     w = a = 0.0
     if search_batch:
-        w, a = measure_search(scfg, shape, search_batch, device)
-    step, image, build = measure_train(tcfg, shape, train_batch, resolve_genotype(cell), device)
+        w, a = measure_search(scfg, shape, search_batch)
+    step, image, build = measure_train(tcfg, shape, train_batch, cell)
     return Calibration(w, a, step, image, build, cell)
 
 
@@ -405,23 +407,19 @@ class FitRequest:
     overrides: list[str]
 
 
-def _request_mismatch(saved: dict, req: FitRequest, time_given: bool) -> str:
+def _request_mismatch(saved: dict, req: FitRequest, given: set[str]) -> str:
+    """How the request differs from the saved one, in what was `given` ("data", "time", "preset",
+    "overrides"): a resume may leave out all but DATA."""
     differ = []
     if saved["data"] != req.data:
         differ.append(f"DATA (run: {saved['data']}, now: {req.data})")
-    if time_given and abs(saved["budget_seconds"] - req.seconds) > 1e-6:
+    if "time" in given and abs(saved["budget_seconds"] - req.seconds) > 1e-6:
         differ.append(f"--time (run: {clock(saved['budget_seconds'])}, now: {clock(req.seconds)})")
-    if saved["preset"] != req.preset:
+    if "preset" in given and saved["preset"] != req.preset:
         differ.append(f"the preset (run: {saved['preset']}, now: {req.preset})")
-    if saved["overrides"] != req.overrides:
+    if "overrides" in given and saved["overrides"] != req.overrides:
         differ.append(f"the overrides (run: {' '.join(saved['overrides']) or 'none'}, now: {' '.join(req.overrides) or 'none'})")
     return "; ".join(differ)
-
-
-def _fit_preset(preset: str | None, space: str | None) -> str:
-    if preset is not None and space is not None:
-        raise NGEError("give --space or --preset, not both (a fit preset names its space's presets)")
-    return preset or space or "darts"
 
 
 def run_fit(data: str | Path, budget: str | float | None, out: Path | None = None, *, space: str | None = None,
@@ -429,50 +427,51 @@ def run_fit(data: str | Path, budget: str | float | None, out: Path | None = Non
             force: bool = False, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Runs (or with `resume` continues) a fit into `out` and returns it. See the module docstring."""
     start = time.perf_counter()
-    overrides = list(overrides or [])
-    extra = [] if search_share is None else [f"search_share={search_share}"]
-    preset = _fit_preset(preset, space)
-    fcfg = load_config(FitConfig, "fit", preset, extra)
+    if preset is not None and space is not None:
+        raise NGEError("give --space or --preset, not both (a fit preset names its space's presets)")
     if budget is None and not resume:
         raise NGEError("--time is required: the budget, e.g. --time 30m")
-    req = FitRequest(str(Path(data).expanduser().resolve()) if Path(str(data)).expanduser().is_dir() else str(data),
-                     parse_time(budget) if budget is not None else 0.0, preset, [*extra, *overrides])
-    out = Path(out).expanduser() if out is not None else default_run_dir("fit", preset_name(preset))
+    extra = [] if search_share is None else [f"search_share={search_share}"]
+    given = {k for k, v in (("time", budget), ("preset", preset or space), ("overrides", overrides or extra)) if v}
+    path = Path(str(data)).expanduser()
+    req = FitRequest(str(path.resolve()) if path.is_dir() else str(data), parse_time(budget) if budget else 0.0,
+                     preset or space or "darts", [*extra, *(overrides or [])])
+    out = Path(out).expanduser() if out is not None else default_run_dir("fit", preset_name(req.preset))
     RunDir.check(out, force, resume, FIT_FILE)
+    if resume:  # the run's request, where this one leaves things out
+        saved = FitState.load(out).state["request"]
+        if why := _request_mismatch(saved, req, given):
+            raise NGEError(f"cannot resume {out}: it was started with other settings: {why}")
+        req = FitRequest(saved["data"], saved["budget_seconds"], saved["preset"], saved["overrides"])
+    fcfg = load_config(FitConfig, "fit", req.preset, [o for o in req.overrides if o.startswith("search_share=")])
+    split_overrides(_cli(req))  # a bad override fails here, before any measurement
     _writable(out)
     from nge.export import require_onnx
 
     require_onnx()
-    split_overrides(overrides)  # a bad override fails here, before any measurement
     with _sigterm_interrupts():
+        shape = data_shape(req.data, _cli(req))
         if resume:
             state = FitState.load(out)
-            if why := _request_mismatch(state.state["request"], req, budget is not None):
-                raise NGEError(f"cannot resume {out}: it was started with other settings: {why}")
-            req.seconds = state.state["request"]["budget_seconds"]
-            shape = data_shape(req.data, overrides)
             log(f"nge fit: resuming {out} ({', '.join(state.state['done']) or 'no phase'} done, "
                 f"{clock(state.spent)} of {clock(req.seconds)} spent)")
         else:
-            state = _start(fcfg, req, out, force, log)
-            shape = data_shape(req.data, overrides)
+            state = _start(fcfg, req, shape, out, force, log)
             state.add("calibrate", time.perf_counter() - start)
         _run_phases(fcfg, req, shape, state, out, log)
     return out
 
 
-def _start(fcfg: FitConfig, req: FitRequest, out: Path, force: bool, log) -> FitState:
+def _start(fcfg: FitConfig, req: FitRequest, shape: DataShape, out: Path, force: bool, log) -> FitState:
     """Measures, plans the search (or the fallback), refuses a budget too small; then creates OUT."""
     t0 = time.perf_counter()
-    shape = data_shape(req.data, _cli(req))
     scfg, tcfg = phase_configs(fcfg, shape, _cli(req))
-    device = setup_runtime(tcfg.runtime.seed, tcfg.runtime.threads, tcfg.runtime.device)
     s_images = min(shape.n_train, scfg.data.limit or shape.n_train)
     s_batch = batch_for(scfg.data.batch_size, round(s_images * scfg.data.train_portion))
     t_batch = batch_for(tcfg.data.batch_size, shape.n_train)
     search_wanted = fcfg.search_share > 0
     log(f"nge fit: {shape.description}; measuring step times on this machine")
-    cal = calibrate(scfg, tcfg, shape, fcfg.fallback, s_batch if search_wanted else None, t_batch, device)
+    cal = calibrate(scfg, tcfg, shape, fcfg.fallback, s_batch if search_wanted else None, t_batch)
     reserve = reserve_seconds(shape, cal)
     measured = time.perf_counter() - t0
     left = req.seconds - measured - reserve
@@ -592,7 +591,6 @@ def _search(p: _Phase) -> None:
 
 
 def _train(p: _Phase) -> None:
-    from nge.genotypes import resolve_genotype
     from nge.training import TrainJob
 
     plan = p.state.state["plan"]
@@ -602,9 +600,7 @@ def _train(p: _Phase) -> None:
         batch = batch_for(tcfg.data.batch_size, p.shape.n_train)
         cal = Calibration(**p.state.state["calibration"])
         if cal.cell != cell:
-            device = setup_runtime(tcfg.runtime.seed, tcfg.runtime.threads, tcfg.runtime.device)
-            step, image, build = measure_train(tcfg, p.shape, batch, resolve_genotype(cell), device)
-            cal = Calibration(0, 0, step, image, build, cell)
+            cal = Calibration(0, 0, *measure_train(tcfg, p.shape, batch, cell), cell)
         reserve = reserve_seconds(p.shape, cal)
         train = plan_train(p.left - reserve, tcfg, p.shape, cal, batch) or PhasePlan(
             1, min(p.shape.n_train, MIN_TRAIN_BATCHES * batch), batch, 0.0)  # the search overran: the least training
