@@ -37,6 +37,12 @@ def test_drop_path_ramps_and_lr_decays(tmp_path, train_task):
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(rows[0])
 
 
+def test_test_every_measures_the_test_split_every_nth_epoch_and_the_last(tmp_path, train_task):
+    rows = fit(train_task("train.epochs=5", "train.test_every=2"), 5, RunDir.open(tmp_path / "run", False, False))
+    assert [r["epoch"] for r in rows if "test_acc" in r] == [2, 4, 5]
+    assert all("train_acc" in r for r in rows)
+
+
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path, train_task):
     full = train_task("train.epochs=3")

@@ -647,6 +647,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: Schedule = Schedule.cosine
     warmup_epochs: int = 0  # linear schedule only
+    test_every: int = 1  # measure the test split after every N-th epoch and after the last
 
 
 @dataclass
@@ -673,6 +674,7 @@ def _validate_train(cfg: TrainRunConfig) -> None:
     _check(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs must be in [0, train.epochs), got {t.warmup_epochs}")
     _check(t.schedule == Schedule.linear or t.warmup_epochs == 0, "train.warmup_epochs needs train.schedule=linear")
+    _check(t.test_every >= 1, f"train.test_every must be >= 1, got {t.test_every}")
     _check(m.mult_adds_limit is None or m.mult_adds_limit > 0, "model.mult_adds_limit must be > 0 or null")
     _check(d.cutout >= 0, f"data.cutout must be >= 0, got {d.cutout}")
     _check(d.val >= 0, f"data.val must be >= 0, got {d.val}")

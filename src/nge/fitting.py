@@ -57,8 +57,8 @@ MIN_TRAIN_BATCHES = 20  # in a training's epoch (fewer where the set is smaller)
 MAX_TRAIN_EPOCHS = 200  # a small set's training stops here, under budget, rather than repeat itself more
 LOOP_OVERHEAD = 1.07  # a training step in the epoch loop (batches drawn and augmented, metered) over a bare one
 LOAD_S_PER_IMAGE = 5e-5  # reading a set into memory (the training phase and the report each do), per image
-PLANNED = ("search.epochs", "train.epochs", "data.limit")  # what the budget chooses; not an override
-DATA_NAMES = tuple(n.value for n in DataName if n not in (DataName.imagenet, DataName.folder))
+PLANNED = ("search.epochs", "train.epochs", "data.limit", "train.test_every")  # chosen by nge fit; not overrides
+DATA_NAMES = (DataName.fashion_mnist.value, DataName.cifar10.value, DataName.cifar100.value)  # besides a folder
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -155,6 +155,8 @@ def phase_configs(fcfg: FitConfig, shape: DataShape, overrides: list[str], plan:
         epochs_key = "search.epochs" if kind == "search" else "train.epochs"
         settings = ([f"{epochs_key}={planned['epochs']}", f"data.limit={planned['images']}",
                      f"data.batch_size={planned['batch']}"] if planned else [])
+        if kind == "train" and planned:  # the test split once, at the end: its passes would cost training time
+            settings.append(f"train.test_every={planned['epochs']}")
         out.append(load_config(schema, kind, preset, [*own, *data, *given[kind], *settings]))
     return out[0], out[1]
 
@@ -308,17 +310,17 @@ def setup_seconds(shape: DataShape) -> float:
 
 
 def plan_train(seconds: float, tcfg: TrainRunConfig, shape: DataShape, cal: Calibration, batch: int) -> PhasePlan | None:
-    """The training's epochs and images in `seconds` (its setup, steps and a test pass after every epoch), or
+    """The training's epochs and images in `seconds` (its setup, steps and one test pass at the end), or
     None where not even one epoch of MIN_TRAIN_BATCHES batches (or the whole set) fits."""
-    test, step, setup = shape.n_test * cal.eval_image, LOOP_OVERHEAD * cal.train_step, setup_seconds(shape)
+    step, setup = LOOP_OVERHEAD * cal.train_step, setup_seconds(shape) + shape.n_test * cal.eval_image
     seconds -= setup
-    got = _epochs_and_images(seconds, step / batch, test, min(shape.n_train, tcfg.data.limit or shape.n_train),
+    got = _epochs_and_images(seconds, step / batch, 0.0, min(shape.n_train, tcfg.data.limit or shape.n_train),
                              tcfg.train.epochs, shape.n_train, min(shape.n_train, MIN_TRAIN_BATCHES * batch), 1,
                              MAX_TRAIN_EPOCHS)
     if got is None:
         return None
     epochs, images = got
-    return PhasePlan(epochs, images, batch, setup + epochs * (images // batch * step + test))
+    return PhasePlan(epochs, images, batch, setup + epochs * (images // batch) * step)
 
 
 def reserve_seconds(shape: DataShape, cal: Calibration) -> float:

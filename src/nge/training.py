@@ -2,8 +2,8 @@
 
 Each epoch: cosine learning rate, drop-path probability ramped linearly (DARTS), one pass over the
 training set (cross entropy + auxiliary weight * auxiliary cross entropy), then test loss and
-accuracy. The test split is only measured and reported, never used to choose anything: the final
-weights are those of the last epoch.
+accuracy (after every `train.test_every`-th epoch and the last). The test split is only measured
+and reported, never used to choose anything: the final weights are those of the last epoch.
 """
 
 from __future__ import annotations
@@ -211,7 +211,9 @@ class TrainTask:
 
     def end_epoch(self, epoch: int, meters: dict[str, Meter]) -> dict[str, float]:
         val = self.test(self.val_loader, "val") if self.val_loader is not None else {}
-        return {**meters["train"].result("train"), **val, **self.test(), "lr": self.lr, "drop_path": self.drop}
+        t = self.cfg.train
+        test = self.test() if (epoch + 1) % t.test_every == 0 or epoch + 1 == t.epochs else {}
+        return {**meters["train"].result("train"), **val, **test, "lr": self.lr, "drop_path": self.drop}
 
     def test(self, loader=None, split: str = "test") -> dict[str, float]:
         self.net.eval()
@@ -274,7 +276,7 @@ class TrainJob(Job):
             **self.profile,
             "final_test_acc": last.get("test_acc"),
             **({"final_test_top5": last["test_top5"]} if "test_top5" in last else {}),
-            "best_test_acc": max(m["test_acc"] for m in metrics),
+            "best_test_acc": max(m["test_acc"] for m in metrics if "test_acc" in m),
             "final_train_acc": last.get("train_acc"),
             **({"final_val_acc": last["val_acc"], "val_images": self.cfg.data.val} if "val_acc" in last else {}),
             # the sum over epochs of the training loss (TSE, Ru et al. 2021), a ranking signal of its own
