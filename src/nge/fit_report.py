@@ -34,9 +34,9 @@ def _uint8(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> 
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
 
 
-def predict_test(out: Path) -> dict:
-    """The test set through model.pt and model.onnx: labels, PyTorch's logits' argmax and probabilities,
-    ONNX agreement, and the images the report shows."""
+def predict_test(out: Path, n_test: int) -> dict:
+    """The `n_test` test images through model.pt and model.onnx: labels, PyTorch's argmax and its
+    probability, ONNX agreement, and the images the report shows."""
     from nge.training import load_train_data
 
     model = load(out / "model.pt")
@@ -46,11 +46,10 @@ def predict_test(out: Path) -> dict:
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format  # as trained: faster on a CPU
     model.net.to(memory_format=fmt)
     labels, preds, probs, agree, worst, kept = [], [], [], 0, 0.0, {}
-    n_test = sum(len(y) for _, y in _batches(test))
     show = set(np.linspace(0, n_test - 1, min(GRID, n_test)).round().astype(int).tolist())
     seen = 0
     with torch.no_grad():
-        for x, y in _batches(test):
+        for x, y in test.batches_from(0):
             x = x.float().contiguous()
             logits = model(x.contiguous(memory_format=fmt)).float()
             onnx = np.asarray(run_onnx(x.numpy()))
@@ -71,15 +70,11 @@ def predict_test(out: Path) -> dict:
                 for j in wrong[MISTAKES:]:
                     del kept[j]
             seen += len(y)
-    if seen == 0:
-        raise NGEError(f"{out}: the test split holds no images")
+    if seen != n_test:
+        raise NGEError(f"{out}: the test split holds {seen} images, the fit planned with {n_test}; the data changed")
     y, pred, conf = torch.cat(labels), torch.cat(preds), torch.cat(probs)
     return {"model": model, "y": y.numpy(), "pred": pred.numpy(), "conf": conf.numpy(), "onnx_agree": agree,
             "onnx_max_diff": worst, "images": kept, "show": sorted(show)}
-
-
-def _batches(loader):
-    return loader.batches_from(0)
 
 
 def _cmd(args: list[str]) -> str:
@@ -91,7 +86,7 @@ def write_report(out: Path, state: dict, log, started: float | None = None) -> f
     started = time.perf_counter() if started is None else started
     folder = out / "report"
     folder.mkdir(exist_ok=True)
-    r = predict_test(out)
+    r = predict_test(out, state["data"]["n_test"])
     model, y, pred = r["model"], r["y"], r["pred"]
     classes = list(model.classes)
     k = len(classes)
@@ -147,7 +142,7 @@ def write_report(out: Path, state: dict, log, started: float | None = None) -> f
         lines += ["The most confident mistakes:", "", "![mistakes](report/mistakes.png)", ""]
     t = plan["train"]
     lines += ["## Learning curves", "", f"Training from scratch: {t['epochs']} epochs on {t['images']:,} images, batch "
-              f"{t['batch']} (train loss and accuracy, test loss and accuracy after every epoch):", "",
+              f"{t['batch']}: training loss and accuracy per epoch, the test split once, after the last:", "",
               "![training curves](train/curves.png)", ""]
     if searched:
         lines += ["The search (supernet on its train half, the embedding on its val half), and P over the epochs:", "",

@@ -493,6 +493,7 @@ def _start(fcfg: FitConfig, req: FitRequest, shape: DataShape, out: Path, force:
     run = RunDir.open(out, force, False, FIT_FILE)
     state = FitState(run.file(FIT_FILE), {
         "request": {"data": req.data, "budget_seconds": req.seconds, "preset": req.preset, "overrides": req.overrides},
+        "data": {k: v for k, v in asdict(shape).items() if k != "overrides"},
         "machine": _machine(), "calibration": asdict(cal), "reserve_seconds": round(reserve, 1),
         "plan": {"search": asdict(search) if search else None, "train": None,
                  "cell": "searched" if search else fcfg.fallback},
