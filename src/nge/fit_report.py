@@ -94,7 +94,10 @@ def write_report(out: Path, state: dict, log, started: float | None = None) -> f
     np.add.at(confusion, (y, pred), 1)
     acc = float((y == pred).mean())
     viz.plot_confusion(confusion, classes, folder / "confusion.png")
-    titles = lambda idx: [f"{classes[y[i]][:12]}\n-> {classes[pred[i]][:12]} {r['conf'][i]:.0%}" for i in idx]  # noqa: E731
+
+    def titles(idx: list[int]) -> list[str]:
+        return [f"{classes[y[i]][:12]}\n-> {classes[pred[i]][:12]} {r['conf'][i]:.0%}" for i in idx]
+
     shown = r["show"]
     viz.plot_predictions([r["images"][i] for i in shown], titles(shown), [y[i] != pred[i] for i in shown],
                          folder / "predictions.png")

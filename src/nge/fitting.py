@@ -188,12 +188,19 @@ def _fake(shape: DataShape, n_train: int, n_test: int, seed: int = 0) -> Dataset
     return Dataset("calibration", images(n_train), images(n_test), len(shape.classes), (0.5,) * c, (0.25,) * c)
 
 
-def _median_time(step: Callable[[], None], n: int = 2) -> float:
-    step()  # warm-up: allocations, kernel choice
+def _median_time(step: Callable[[], None], device: torch.device, n: int = 2) -> float:
+    """The median seconds of `n` calls of `step` after one warm-up call (allocations, kernel choice);
+    on a GPU each call waits for its kernels."""
+    def call() -> None:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    call()
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        step()
+        call()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -217,8 +224,8 @@ def measure_search(cfg: SearchRunConfig, shape: DataShape, batch: int) -> tuple[
     xa, ya = next(iter(task.val_loader.batches_from(0)))
     probs = task.probs()
     probs = type(probs)(*(p.to(device) for p in probs))
-    return (_median_time(lambda: task.weight_step(xw, yw, probs, meter)),
-            _median_time(lambda: task.arch_step(xa, ya, meter)))
+    return (_median_time(lambda: task.weight_step(xw, yw, probs, meter), device),
+            _median_time(lambda: task.arch_step(xa, ya, meter), device))
 
 
 def measure_train(cfg: TrainRunConfig, shape: DataShape, batch: int, cell: str) -> tuple[float, float, float]:
@@ -239,8 +246,8 @@ def measure_train(cfg: TrainRunConfig, shape: DataShape, batch: int, cell: str) 
     meter = Meter()
     x, y = next(iter(task.train_loader.batches_from(0)))
     task.net.set_drop_path(cfg.model.drop_path / 2)
-    step = _median_time(lambda: task.train_step(x, y, meter), n=4)
-    evaluate = _median_time(lambda: task.test(), n=1)
+    step = _median_time(lambda: task.train_step(x, y, meter), device, n=4)
+    evaluate = _median_time(lambda: task.test(), device, n=1)
     return step, evaluate / n_eval, statistics.median(builds)
 
 
