@@ -161,7 +161,7 @@ def test_fit_interrupted_in_every_phase_resumes_to_a_complete_run(folder, tiny, 
                 signal.raise_signal(signal.SIGINT)  # the engine stops after this epoch, checkpointed
 
     def fit(**kw):
-        return nge.fit(folder, "30s", out, preset=tiny, log=log, **kw)
+        return nge.fit(folder, "20s", out, preset=tiny, log=log, **kw)
 
     with pytest.raises(NGEError, match="stopped by SIGINT after epoch 1.*nge fit .* --resume --out"):
         fit()
@@ -188,7 +188,7 @@ def test_fit_interrupted_in_every_phase_resumes_to_a_complete_run(folder, tiny, 
                 fit(resume=True)
         monkeypatch.setattr(module, name, real)
         assert phase not in json.loads((out / "fit.json").read_text())["done"]
-    with pytest.raises(NGEError, match=r"other settings: --time \(run: 30s, now: 40s\)"):
+    with pytest.raises(NGEError, match=r"other settings: --time \(run: 20s, now: 40s\)"):
         nge.fit(folder, "40s", out, resume=True, log=False)
     model = fit(resume=True)
     state = json.loads((out / "fit.json").read_text())
@@ -207,7 +207,7 @@ def test_fit_within_budget_and_the_fallback_cell(folder, tiny, tmp_path, capsys)
     """A share too small to search trains the fallback cell, says so in one line, and the whole command
     ends within its budget + 10%."""
     out = tmp_path / "fit"
-    assert cli.main(["fit", str(folder), "--time", "25s", "--preset", tiny, "--search-share", "0.02", "--out", str(out),
+    assert cli.main(["fit", str(folder), "--time", "20s", "--preset", tiny, "--search-share", "0.02", "--out", str(out),
                      "data.crop_pad=1"]) == 0
     err = capsys.readouterr()
     assert "too little to search" in err.err and "training DARTS_V2 instead" in err.err
@@ -215,7 +215,7 @@ def test_fit_within_budget_and_the_fallback_cell(folder, tiny, tmp_path, capsys)
     assert printed["report"] == str(out / "report.md")
     state = json.loads((out / "fit.json").read_text())
     assert state["plan"]["cell"] == "DARTS_V2" and state["plan"]["search"] is None
-    assert sum(state["spent"].values()) <= 1.1 * 25
+    assert sum(state["spent"].values()) <= 1.1 * 20
     assert json.loads((out / "genotype.json").read_text()) == nge.load(out).genotype.to_dict()
     assert nge.load(out).genotype == DARTS_V2
     assert load_config(TrainRunConfig, "train", str(out / "train" / "config.yaml"), []).data.crop_pad == 1

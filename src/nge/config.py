@@ -872,7 +872,7 @@ _VALIDATORS = {
 # Keys added since the ablation tables' 12-hex settings fingerprints (nge.ablate.fingerprint): a
 # fingerprint is checked against today's settings without these keys where they hold their schema
 # default (the behaviour from before they existed). Append every key (or section) a schema gains.
-KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space", "search.select_from", "search.arch.cells")
+KEYS_SINCE_FINGERPRINTS: tuple[str, ...] = ("search.space", "search.select_from", "search.arch.cells", "train.test_every")
 
 # Data sets whose data.root is the data set itself (the user's own images): two folders are two data
 # sets. For the others data.root only says where a standard data set lies.
