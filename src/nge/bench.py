@@ -121,19 +121,10 @@ def _measurements(s: argparse.Namespace) -> list[tuple[str, str]]:
 def _configs(s: argparse.Namespace, kinds: set[str]) -> dict[str, Any]:
     """The search and/or training configuration; each override goes to every one whose schema has its
     key (e.g. `model.checkpoint` to the search only), and all of a config's overrides load together."""
-    from nge.config import SearchRunConfig, TrainRunConfig, has_key, load_config
+    from nge.config import SearchRunConfig, TrainRunConfig, load_config, route_overrides
 
     schemas = {"search": (SearchRunConfig, s.preset), "train": (TrainRunConfig, s.train_preset)}
-    given: dict[str, list[str]] = {k: [] for k in kinds}
-    for item in s.overrides:
-        key = item.split("=", 1)[0].strip()
-        owners = [kind for kind, (schema, _) in schemas.items() if "=" in item and has_key(schema, key)]
-        if not owners:
-            raise NGEError(f"bad configuration: {item!r} is not KEY=VALUE with a key of the search or the training "
-                           "configuration (e.g. model.C=8)")
-        for kind in owners:
-            if kind in kinds:
-                given[kind].append(item)
+    given = route_overrides(s.overrides)
     cfgs = {}
     for kind in kinds:
         schema, preset = schemas[kind]

@@ -530,6 +530,24 @@ def _refuse_inert(cfg: Any, keys: list[str]) -> None:
                 raise NGEError(f"bad configuration: {key} has no effect {why}; drop it")
 
 
+def route_overrides(items: list[str]) -> dict[str, list[str]]:
+    """{"search": [...], "train": [...]}: every KEY=VALUE to each configuration (SearchRunConfig,
+    TrainRunConfig) whose schema has its key (`model.C` to both, `model.checkpoint` to the search); an
+    item that is not KEY=VALUE with a key of either is a one-line error (commands with both phases:
+    nge fit, nge bench)."""
+    out: dict[str, list[str]] = {"search": [], "train": []}
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        owners = [k for k, schema in (("search", SearchRunConfig), ("train", TrainRunConfig))
+                  if "=" in item and key and has_key(schema, key)]
+        if not owners:
+            raise NGEError(f"bad configuration: {item!r} is not KEY=VALUE with a key of the search or the training "
+                           f"configuration (neither has {key!r}; e.g. model.C=8)")
+        for k in owners:
+            out[k].append(item)
+    return out
+
+
 def has_key(schema: type, key: str) -> bool:
     """Whether the dotted `key` names a setting or section of `schema`."""
     missing = object()

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import statistics
 import time
@@ -37,13 +36,12 @@ from nge.config import (
     FitConfig,
     SearchRunConfig,
     TrainRunConfig,
-    has_key,
     load_config,
     preset_name,
+    route_overrides,
 )
-from nge.data import Dataset, load_dataset, scan_folder
-from nge.data.sets import ImageSet
-from nge.engine import Meter, RunDir, atomic_write_text, default_run_dir, late_stop, setup_runtime
+from nge.data import Dataset, load_dataset, make_synthetic, scan_folder
+from nge.engine import Meter, RunDir, atomic_write_bytes, atomic_write_text, default_run_dir, late_stop, setup_runtime
 from nge.engine.job import run_job
 from nge.errors import NGEError
 from nge.fit_report import clock, write_report
@@ -125,21 +123,14 @@ def data_shape(data: str | Path, overrides: list[str]) -> DataShape:
 
 
 def split_overrides(items: list[str]) -> dict[str, list[str]]:
-    """Every KEY=VALUE to each phase whose configuration has the key; the planned keys are refused."""
-    out: dict[str, list[str]] = {"search": [], "train": []}
+    """Every KEY=VALUE to each phase whose configuration has the key (`route_overrides`); the keys nge
+    fit chooses itself are refused."""
     for item in items:
         key = item.split("=", 1)[0].strip()
-        if "=" not in item or not key:
-            raise NGEError(f"override {item!r} is not KEY=VALUE (e.g. model.C=16)")
         if key in PLANNED or key == "data.name" or key.startswith("data.synthetic"):
             what = "DATA" if key.startswith("data.") and key != "data.limit" else "--time"
             raise NGEError(f"nge fit chooses {key} from {what}; drop the override")
-        owners = [k for k, schema in (("search", SearchRunConfig), ("train", TrainRunConfig)) if has_key(schema, key)]
-        if not owners:
-            raise NGEError(f"bad configuration: {key} is a key of neither the search nor the training configuration")
-        for k in owners:
-            out[k].append(item)
-    return out
+    return route_overrides(items)
 
 
 def phase_configs(fcfg: FitConfig, shape: DataShape, overrides: list[str], plan: dict | None = None
@@ -176,16 +167,9 @@ class Calibration:
     cell: str
 
 
-def _fake(shape: DataShape, n_train: int, n_test: int, seed: int = 0) -> Dataset:
-    """Random images of the data's shape: step times do not depend on the pixels."""
-    g = torch.Generator().manual_seed(seed)
-
-    def images(n: int) -> ImageSet:
-        return ImageSet(torch.randint(0, 256, (n, shape.channels, shape.size, shape.size), dtype=torch.uint8, generator=g),
-                        torch.randint(0, len(shape.classes), (n,), generator=g))
-
-    c = shape.channels
-    return Dataset("calibration", images(n_train), images(n_test), len(shape.classes), (0.5,) * c, (0.25,) * c)
+def _fake(shape: DataShape, n_train: int, n_test: int) -> Dataset:
+    """Synthetic images of the data's shape: step times do not depend on the pixels."""
+    return make_synthetic(n_train, n_test, len(shape.classes), shape.channels, shape.size)
 
 
 def _median_time(step: Callable[[], None], device: torch.device, n: int = 2) -> float:
@@ -447,8 +431,9 @@ def run_fit(data: str | Path, budget: str | float | None, out: Path | None = Non
                      preset or space or "darts", [*extra, *(overrides or [])])
     out = Path(out).expanduser() if out is not None else default_run_dir("fit", preset_name(req.preset))
     RunDir.check(out, force, resume, FIT_FILE)
-    if resume:  # the run's request, where this one leaves things out
-        saved = FitState.load(out).state["request"]
+    state = FitState.load(out) if resume else None
+    if state is not None:  # the run's request, where this one leaves things out
+        saved = state.state["request"]
         if why := _request_mismatch(saved, req, given):
             raise NGEError(f"cannot resume {out}: it was started with other settings: {why}")
         req = FitRequest(saved["data"], saved["budget_seconds"], saved["preset"], saved["overrides"])
@@ -460,8 +445,7 @@ def run_fit(data: str | Path, budget: str | float | None, out: Path | None = Non
     require_onnx()
     with _sigterm_interrupts():
         shape = data_shape(req.data, _cli(req))
-        if resume:
-            state = FitState.load(out)
+        if state is not None:
             log(f"nge fit: resuming {out} ({', '.join(state.state['done']) or 'no phase'} done, "
                 f"{clock(state.spent)} of {clock(req.seconds)} spent)")
         else:
@@ -622,17 +606,11 @@ def _train(p: _Phase) -> None:
     p.job(TrainJob(p.configs()[1], cell), "train")
 
 
-def _copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _export(p: _Phase) -> None:
     from nge.export import export
 
-    _copy(p.out / "train" / "model.pt", p.out / "model.pt")
-    _copy(p.out / "train" / "genotype.json", p.out / "genotype.json")
+    for name in ("model.pt", "genotype.json"):
+        atomic_write_bytes(p.out / name, (p.out / "train" / name).read_bytes())
     result = export(p.out, "onnx", p.out / "model.onnx", force=True, log=p.log)
     p.state.state["export"] = {"max_diff": result["max_diff"]}
 
